@@ -1,0 +1,1 @@
+"""Command-line interface: ``main.py`` dispatches; each command is one small module."""

@@ -1,0 +1,1 @@
+"""The raw dataset: its format (nnU-Net v2's), image readers/writers, importers, verification."""

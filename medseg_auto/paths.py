@@ -1,0 +1,112 @@
+"""Where data lives: the data home and the dataset folders inside it.
+
+One documented environment variable, ``MEDSEG_AUTO_HOME`` (default ``./medseg_auto_data``),
+holds ``raw/``, ``preprocessed/`` and ``results/``; every command also takes ``--home``.
+Raw datasets are folders ``raw/DatasetNNN_Name`` (nnU-Net's naming, so existing nnU-Net
+datasets can be copied in unchanged) and are addressed by name (``Hippocampus``), by id
+(``4``), or by the full folder name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from medseg_auto.errors import DatasetError, UnsafePathError
+
+HOME_ENV = "MEDSEG_AUTO_HOME"
+DEFAULT_HOME = "medseg_auto_data"
+_FOLDER_PATTERN = re.compile(r"^Dataset(\d{3})_(.+)$")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\- ()+]*$")
+
+
+@dataclass(frozen=True)
+class DataHome:
+    """The three top-level folders of a data home."""
+
+    root: Path
+
+    @classmethod
+    def resolve(cls, home: str | os.PathLike | None = None) -> "DataHome":
+        """``home`` if given, else ``$MEDSEG_AUTO_HOME``, else ``./medseg_auto_data``."""
+        chosen = home or os.environ.get(HOME_ENV) or DEFAULT_HOME
+        return cls(Path(chosen).expanduser().resolve())
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "raw"
+
+    @property
+    def preprocessed(self) -> Path:
+        return self.root / "preprocessed"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    def list_datasets(self) -> list[str]:
+        """Folder names of the raw datasets, sorted."""
+        if not self.raw.is_dir():
+            return []
+        return sorted(p.name for p in self.raw.iterdir() if _FOLDER_PATTERN.match(p.name))
+
+    def find_dataset(self, name_or_id: str) -> str:
+        """Return the folder name (``DatasetNNN_Name``) for a name, an id or a folder name."""
+        candidates = self.list_datasets()
+        key = str(name_or_id).strip()
+        for folder in candidates:
+            match = _FOLDER_PATTERN.match(folder)
+            assert match is not None
+            if key == folder or key == match.group(2) or (key.isdigit() and int(key) == int(match.group(1))):
+                return folder
+        known = ", ".join(candidates) or "none"
+        raise DatasetError(
+            f"no dataset '{name_or_id}' in {self.raw} (known: {known}). Import one with "
+            "'medseg-auto import-msd' or 'medseg-auto import-folder', or pass --home."
+        )
+
+    def raw_dataset(self, name_or_id: str) -> Path:
+        return self.raw / self.find_dataset(name_or_id)
+
+    def preprocessed_dataset(self, name_or_id: str) -> Path:
+        return self.preprocessed / self.find_dataset(name_or_id)
+
+    def results_dataset(self, name_or_id: str) -> Path:
+        return self.results / self.find_dataset(name_or_id)
+
+    def next_free_id(self) -> int:
+        """The lowest id above 500 not in use (ids 1-10 are MSD's, 11-499 nnU-Net's examples)."""
+        used = {int(_FOLDER_PATTERN.match(f).group(1)) for f in self.list_datasets()}  # type: ignore[union-attr]
+        candidate = 501
+        while candidate in used:
+            candidate += 1
+        return candidate
+
+    def new_dataset_folder(self, name: str, dataset_id: int | None = None) -> Path:
+        """Folder for a new dataset called ``name``; refuses a name already used."""
+        check_safe_name(name, what="dataset name")
+        for folder in self.list_datasets():
+            if _FOLDER_PATTERN.match(folder).group(2) == name:  # type: ignore[union-attr]
+                return self.raw / folder
+        chosen_id = dataset_id if dataset_id is not None else self.next_free_id()
+        return self.raw / f"Dataset{chosen_id:03d}_{name}"
+
+
+def check_safe_name(name: str, what: str = "case name") -> str:
+    """Refuse names that could escape an output folder (``..``, slashes, absolute paths)."""
+    if not name or "/" in name or "\\" in name or name in {".", ".."} or ".." in name or not _SAFE_NAME.match(name):
+        raise UnsafePathError(
+            f"refusing {what} {name!r}: use letters, digits, '.', '_', '-', spaces or brackets, "
+            "with no path separators or '..'."
+        )
+    return name
+
+
+def safe_child(folder: Path, file_name: str) -> Path:
+    """``folder / file_name``, refused when the result would lie outside ``folder``."""
+    candidate = (folder / file_name).resolve()
+    if folder.resolve() not in candidate.parents:
+        raise UnsafePathError(f"refusing to write {file_name!r}: it resolves outside {folder}")
+    return candidate
