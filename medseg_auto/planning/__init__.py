@@ -1,0 +1,1 @@
+"""Experiment planning: dataset fingerprint -> plans (spacing, normalization, patch, network, batch)."""
