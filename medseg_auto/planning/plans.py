@@ -95,6 +95,7 @@ class Plans:
     num_input_channels: int
     labels: dict[str, int]
     notes: list[str] = field(default_factory=list)
+    fingerprint_signature: str = ""
     plans_version: int = PLANS_VERSION
 
     @property

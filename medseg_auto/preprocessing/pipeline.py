@@ -1,0 +1,137 @@
+"""``plan_and_preprocess``: fingerprint -> plans -> preprocessed cache, resumable.
+
+Re-running is cheap and safe: the fingerprint is reused while the raw data is unchanged,
+existing plans are kept (with any hand edits) unless asked to re-plan, and only cases missing
+from the cache are processed. A cache built from different plans is detected by a signature
+and rebuilt, never mixed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from medseg_auto.dataset.case_loader import load_and_check_case
+from medseg_auto.dataset.dataset_json import CaseFiles, DatasetSpec
+from medseg_auto.errors import PlansError
+from medseg_auto.paths import DataHome
+from medseg_auto.planning.fingerprint import fingerprint_dataset
+from medseg_auto.planning.planner import plan_experiment
+from medseg_auto.planning.plans import Plans
+from medseg_auto.planning.presets import load_preset
+from medseg_auto.preprocessing.cache import PreprocessedCache
+from medseg_auto.preprocessing.case_pipeline import preprocess_case
+from medseg_auto.utils.atomic import read_json, write_json_atomic
+from medseg_auto.utils.logging_setup import get_logger
+from medseg_auto.utils.parallel import parallel_map
+
+log = get_logger("preprocessing")
+CACHE_SIGNATURE_FILE = "cache_signature.json"
+
+
+def plans_path(home: DataHome, dataset: str, plans_name: str = "plans") -> Path:
+    return home.preprocessed_dataset(dataset) / f"{plans_name}.json"
+
+
+def make_plans(
+    spec: DatasetSpec, output_folder: Path, preset_name: str, num_processes: int,
+    show_progress: bool = True, overwrite_plans: bool = False,
+) -> Plans:
+    """Fingerprint (or reuse it) and plan (or reuse the existing plans when still valid)."""
+    preset = load_preset(preset_name)
+    fingerprint = fingerprint_dataset(spec, output_folder, num_processes, show_progress)
+    path = output_folder / f"{preset.plans_name}.json"
+    if path.is_file() and not overwrite_plans:
+        existing = Plans.load(path)
+        if existing.fingerprint_signature == fingerprint["raw_signature"]:
+            log.info("using existing plans %s (pass --overwrite-plans to plan again)", path)
+            return existing
+        log.info("raw data changed since %s was planned: planning again", path)
+    plans = plan_experiment(fingerprint, spec, preset)
+    plans.fingerprint_signature = fingerprint["raw_signature"]
+    plans.save(path)
+    log.info("plans written to %s", path)
+    return plans
+
+
+def preprocess_configuration(
+    spec: DatasetSpec, plans: Plans, configuration: str, output_folder: Path,
+    num_processes: int, show_progress: bool = True,
+) -> PreprocessedCache:
+    """Build (or complete) the cache of one configuration."""
+    config = plans.configuration(configuration)
+    cache = PreprocessedCache(output_folder / config.data_identifier)
+    signature = _cache_signature(plans, configuration)
+    signature_file = cache.folder / CACHE_SIGNATURE_FILE
+    if signature_file.is_file() and read_json(signature_file).get("signature") != signature:
+        log.info("%s was built from other plans: rebuilding it", cache.folder)
+        shutil.rmtree(cache.folder)
+    cache.folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(signature_file, {"signature": signature, "plans_name": plans.plans_name, "configuration": configuration})
+    removed = cache.clean_incomplete()
+    if removed:
+        log.info("removed %d incomplete file(s) left by an interrupted run", removed)
+    cases = spec.training_cases()
+    todo = [case for case in cases if not cache.is_complete(case.case_id)]
+    if len(todo) < len(cases):
+        log.info("%s: %d of %d cases already preprocessed", configuration, len(cases) - len(todo), len(cases))
+    plans_json = plans.to_json()
+    arguments = [(case, spec, plans_json, configuration, str(cache.folder)) for case in todo]
+    parallel_map(_preprocess_and_store, arguments, num_processes, f"preprocess {configuration}", show_progress)
+    return cache
+
+
+def plan_and_preprocess(
+    home: DataHome,
+    dataset: str,
+    configurations: list[str] | None = None,
+    preset: str = "default",
+    num_processes: int = 2,
+    show_progress: bool = True,
+    overwrite_plans: bool = False,
+    plan_only: bool = False,
+) -> Plans:
+    """Fingerprint, plan and preprocess ``dataset``; return the plans.
+
+    ``configurations`` defaults to every configuration the plans contain.
+    """
+    spec = DatasetSpec.load(home.raw_dataset(dataset))
+    output_folder = home.preprocessed / spec.name
+    output_folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(spec.folder / "dataset.json", output_folder / "dataset.json")
+    plans = make_plans(spec, output_folder, preset, num_processes, show_progress, overwrite_plans)
+    chosen = configurations or list(plans.configurations)
+    missing = [name for name in chosen if name not in plans.configurations]
+    for name in missing:
+        log.warning("configuration %s is not in the plans for %s (not applicable to this data): skipped", name, spec.name)
+    if not plan_only:
+        for name in chosen:
+            if name in plans.configurations:
+                preprocess_configuration(spec, plans, name, output_folder, num_processes, show_progress)
+    if not [name for name in chosen if name in plans.configurations]:
+        raise PlansError(f"none of the configurations {chosen} apply to {spec.name} (planned: {list(plans.configurations)})")
+    return plans
+
+
+def _preprocess_and_store(case: CaseFiles, spec: DatasetSpec, plans_json: dict, configuration: str, folder: str) -> str:
+    plans = Plans.from_json(plans_json)
+    config = plans.configuration(configuration)
+    data, seg, geometry = load_and_check_case(case, spec)
+    data, seg, properties = preprocess_case(data, seg, geometry, plans, config, case.case_id, case.site)
+    PreprocessedCache(folder).write_case(case.case_id, data, seg, properties)
+    return case.case_id
+
+
+def _cache_signature(plans: Plans, configuration: str) -> str:
+    """Hash of everything that decides the cached arrays of one configuration."""
+    config = plans.to_json()["configurations"][configuration]
+    array_keys = ("spacing", "normalization_schemes", "use_mask_for_norm", "resampling_data", "resampling_seg", "is_2d")
+    relevant = {
+        "configuration": {key: config[key] for key in array_keys},
+        "transpose_forward": plans.transpose_forward,
+        "intensity": plans.foreground_intensity_properties_per_channel,
+        "fingerprint": plans.fingerprint_signature,
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
