@@ -11,7 +11,7 @@ exists is complete; anything else (a kill mid-case) is absent and redone on resu
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,8 @@ class CaseProperties:
         return ImageGeometry.from_json(self.geometry)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # A shallow dict, not dataclasses.asdict: asdict deep-copies the (large) location lists.
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
     @classmethod
     def from_json(cls, payload: dict[str, Any]) -> "CaseProperties":
@@ -89,7 +90,7 @@ class PreprocessedCache:
         self.properties_path(case_id).unlink(missing_ok=True)
         save_npy_atomic(self.data_path(case_id), data.astype(np.float32, copy=False))
         save_npy_atomic(self.seg_path(case_id), seg.astype(np.int16, copy=False))
-        write_json_atomic(self.properties_path(case_id), properties.to_json())
+        write_json_atomic(self.properties_path(case_id), properties.to_json(), compact=True)
 
     def load_case(self, case_id: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray, CaseProperties]:
         """Return ``(data (C,Z,Y,X) float32, seg (1,Z,Y,X) int16, properties)``.

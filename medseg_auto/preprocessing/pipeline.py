@@ -56,11 +56,9 @@ def make_plans(
     return plans
 
 
-def preprocess_configuration(
-    spec: DatasetSpec, plans: Plans, configuration: str, output_folder: Path,
-    num_processes: int, show_progress: bool = True,
-) -> PreprocessedCache:
-    """Build (or complete) the cache of one configuration."""
+def prepare_cache(plans: Plans, configuration: str, output_folder: Path) -> PreprocessedCache:
+    """The cache folder of one configuration, emptied if it was built from other plans and
+    cleared of what an interrupted run left behind."""
     config = plans.configuration(configuration)
     cache = PreprocessedCache(output_folder / config.data_identifier)
     signature = _cache_signature(plans, configuration)
@@ -73,14 +71,27 @@ def preprocess_configuration(
     removed = cache.clean_incomplete()
     if removed:
         log.info("removed %d incomplete file(s) left by an interrupted run", removed)
-    cases = spec.training_cases()
-    todo = [case for case in cases if not cache.is_complete(case.case_id)]
-    if len(todo) < len(cases):
-        log.info("%s: %d of %d cases already preprocessed", configuration, len(cases) - len(todo), len(cases))
-    plans_json = plans.to_json()
-    arguments = [(case, spec, plans_json, configuration, str(cache.folder)) for case in todo]
-    parallel_map(_preprocess_and_store, arguments, num_processes, f"preprocess {configuration}", show_progress)
     return cache
+
+
+def preprocess_configurations(
+    spec: DatasetSpec, plans: Plans, configurations: list[str], output_folder: Path,
+    num_processes: int, show_progress: bool = True,
+) -> dict[str, PreprocessedCache]:
+    """Build (or complete) the caches of ``configurations``. Each case is read once and written
+    into every cache that lacks it, since reading is the larger part of the work."""
+    caches = {name: prepare_cache(plans, name, output_folder) for name in configurations}
+    cases = spec.training_cases()
+    plans_json = plans.to_json()
+    arguments = []
+    for case in cases:
+        missing = [name for name, cache in caches.items() if not cache.is_complete(case.case_id)]
+        if missing:
+            arguments.append((case, spec, plans_json, {name: str(caches[name].folder) for name in missing}))
+    if len(arguments) < len(cases):
+        log.info("%d of %d cases already preprocessed for %s", len(cases) - len(arguments), len(cases), ", ".join(configurations))
+    parallel_map(_preprocess_and_store, arguments, num_processes, "preprocess " + "+".join(configurations), show_progress)
+    return caches
 
 
 def plan_and_preprocess(
@@ -106,21 +117,22 @@ def plan_and_preprocess(
     missing = [name for name in chosen if name not in plans.configurations]
     for name in missing:
         log.warning("configuration %s is not in the plans for %s (not applicable to this data): skipped", name, spec.name)
-    if not plan_only:
-        for name in chosen:
-            if name in plans.configurations:
-                preprocess_configuration(spec, plans, name, output_folder, num_processes, show_progress)
-    if not [name for name in chosen if name in plans.configurations]:
+    applicable = [name for name in chosen if name in plans.configurations]
+    if not applicable:
         raise PlansError(f"none of the configurations {chosen} apply to {spec.name} (planned: {list(plans.configurations)})")
+    if not plan_only:
+        preprocess_configurations(spec, plans, applicable, output_folder, num_processes, show_progress)
     return plans
 
 
-def _preprocess_and_store(case: CaseFiles, spec: DatasetSpec, plans_json: dict, configuration: str, folder: str) -> str:
+def _preprocess_and_store(case: CaseFiles, spec: DatasetSpec, plans_json: dict, folders: dict[str, str]) -> str:
+    """Worker: read one case, preprocess it for each configuration, write each cache entry."""
     plans = Plans.from_json(plans_json)
-    config = plans.configuration(configuration)
-    data, seg, geometry = load_and_check_case(case, spec)
-    data, seg, properties = preprocess_case(data, seg, geometry, plans, config, case.case_id, case.site)
-    PreprocessedCache(folder).write_case(case.case_id, data, seg, properties)
+    raw_data, raw_seg, geometry = load_and_check_case(case, spec)
+    for configuration, folder in folders.items():
+        config = plans.configuration(configuration)
+        data, seg, properties = preprocess_case(raw_data, raw_seg, geometry, plans, config, case.case_id, case.site)
+        PreprocessedCache(folder).write_case(case.case_id, data, seg, properties)
     return case.case_id
 
 

@@ -40,11 +40,15 @@ def atomic_path(final_path: str | os.PathLike, suffix: str = "") -> Iterator[Pat
             temp_path.unlink()
 
 
-def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
-    """Write ``payload`` as indented JSON, atomically."""
+def write_json_atomic(path: str | os.PathLike, payload: Any, compact: bool = False) -> None:
+    """Write ``payload`` as JSON, atomically: indented for files people read (plans, summaries),
+    ``compact`` for bulky machine files (per-case properties), which uses the fast C encoder."""
     with atomic_path(path, suffix=".json") as temp:
         with open(temp, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=False, default=_json_default)
+            if compact:  # json.dumps (not dump) so the C encoder does the work
+                handle.write(json.dumps(payload, separators=(",", ":"), default=_json_default))
+            else:
+                json.dump(payload, handle, indent=2, sort_keys=False, default=_json_default)
             handle.write("\n")
 
 
