@@ -1,0 +1,272 @@
+"""The demo: synthetic two-site data through every pipeline stage that exists so far.
+
+Why this shape: the stages are built one at a time, and the demo must run on a fresh machine at
+every step of the way. Each stage is one row of :data:`STAGES`: its name, the module that
+provides it (imported only when the stage runs), and a one-line call. A stage whose module is
+not there yet is reported as skipped, so adding a stage is adding one row; what an earlier
+stage returned reaches the later ones through ``StageInputs.previous``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Iterable, Sequence
+
+from medseg_auto.dataset.dataset_json import DatasetSpec
+from medseg_auto.dataset.synthetic import make_synthetic_dataset
+from medseg_auto.errors import DatasetError
+from medseg_auto.paths import DataHome
+from medseg_auto.utils.atomic import write_json_atomic
+from medseg_auto.utils.logging_setup import get_logger
+
+DEMO_HOME = "medseg_auto_demo"
+DATASET_NAMES = {2: "DemoSynthetic2D", 3: "DemoSynthetic3D"}
+SUMMARY_FILE_NAME = "demo_summary.json"
+
+logger = get_logger("demo")
+
+
+@dataclass
+class StageInputs:
+    """What a stage call may use. ``previous`` maps earlier stage names to their return values."""
+
+    home: DataHome
+    spec: DatasetSpec
+    dataset_name: str
+    num_processes: int
+    show_progress: bool
+    previous: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StageReport:
+    """What the demo records about one finished stage: ``ok`` False stops the later stages."""
+
+    ok: bool = True
+    details: dict[str, Any] = field(default_factory=dict)
+    lines: list[str] = field(default_factory=list)
+
+
+def report_done(result: Any) -> StageReport:
+    """Default report: the stage returned without raising."""
+    return StageReport()
+
+
+def report_problems(problems: Iterable[Any]) -> StageReport:
+    """Report for ``verify``: every problem is a log line; an error-level one stops the later stages.
+
+    Problems with a ``severity`` other than ``"error"`` (such as empty-mask warnings) are
+    reported without stopping; problems without a ``severity`` count as errors.
+    """
+    problems = list(problems or [])
+    errors = [str(p) for p in problems if getattr(p, "severity", "error") == "error"]
+    warnings = [str(p) for p in problems if getattr(p, "severity", "error") != "error"]
+    lines = [f"problem: {message}" for message in errors + warnings] or ["no problems found"]
+    return StageReport(ok=not errors, details={"errors": errors, "warnings": warnings}, lines=lines)
+
+
+def report_plans(plans: Any) -> StageReport:
+    """Report for ``plan_and_preprocess``: the patch size of each configuration, if readable.
+
+    Accepts a :class:`~medseg_auto.planning.plans.Plans` or its JSON dict.
+    """
+    sizes = configuration_patch_sizes(plans)
+    lines = [f"{name}: patch size {'x'.join(map(str, size))}" for name, size in sizes.items()]
+    return StageReport(details={"patch_sizes": sizes}, lines=lines or ["planned and preprocessed"])
+
+
+def configuration_patch_sizes(plans: Any) -> dict[str, list[int]]:
+    """``{configuration name: patch size}`` from a Plans object or a plans dict; ``{}`` if neither."""
+    configurations = plans.get("configurations") if isinstance(plans, dict) else getattr(plans, "configurations", None)
+    if not isinstance(configurations, dict):
+        return {}
+    sizes: dict[str, list[int]] = {}
+    for name, configuration in configurations.items():
+        if isinstance(configuration, dict):
+            size = configuration.get("patch_size")
+        else:
+            size = getattr(configuration, "patch_size", None)
+        if size is not None:
+            sizes[str(name)] = [int(value) for value in size]
+    return sizes
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline stage as the demo runs it."""
+
+    name: str
+    module: str
+    call: Callable[[ModuleType, StageInputs], Any]
+    report: Callable[[Any], StageReport] = report_done
+
+
+# Pipeline order. A new stage is one more row here.
+STAGES: tuple[Stage, ...] = (
+    Stage("verify", "medseg_auto.dataset.verify",
+          lambda module, inputs: module.verify_dataset(inputs.spec, inputs.num_processes, inputs.show_progress),
+          report=report_problems),
+    Stage("plan_and_preprocess", "medseg_auto.preprocessing.pipeline",
+          lambda module, inputs: module.plan_and_preprocess(
+              inputs.home, inputs.dataset_name, configurations=None, preset="default",
+              num_processes=inputs.num_processes, show_progress=inputs.show_progress),
+          report=report_plans),
+)
+
+
+def import_stage_module(module_name: str) -> ModuleType | None:
+    """The stage's module, or None when it (or a package above it) does not exist yet.
+
+    Any other import failure, such as a missing third-party dependency inside the module, is
+    a real error and propagates.
+    """
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name and (module_name == error.name or module_name.startswith(error.name + ".")):
+            return None
+        raise
+
+
+def demo_dataset(home: DataHome, dimension: int, cases_per_site: int) -> tuple[DatasetSpec, bool]:
+    """The demo dataset for ``dimension``: reused when complete in ``home``, else written.
+
+    Returns the spec and whether it was reused. A folder without ``dataset.json`` (a run killed
+    while writing, since ``dataset.json`` is written last) is written again.
+    """
+    name = DATASET_NAMES[dimension]
+    try:
+        folder = home.raw_dataset(name)
+    except DatasetError:
+        folder = None
+    if folder is not None and (folder / "dataset.json").is_file():
+        spec = DatasetSpec.load(folder)
+        logger.info("%s: reusing %s (%d cases)", name, folder, spec.num_training)
+        return spec, True
+    logger.info("%s: writing %d synthetic %dD cases per site", name, cases_per_site, dimension)
+    spec = make_synthetic_dataset(home, name, dimension=dimension, cases_per_site=cases_per_site)
+    logger.info("%s: written to %s", name, spec.folder)
+    return spec, False
+
+
+def remove_previous_outputs(home: DataHome, dataset_folder_name: str) -> list[str]:
+    """Delete the demo dataset's preprocessed and results folders (never anything else)."""
+    removed = []
+    for parent in (home.preprocessed, home.results):
+        target = parent / dataset_folder_name
+        if target.is_dir():
+            shutil.rmtree(target)
+            removed.append(str(target))
+    return removed
+
+
+def run_stages(stages: Sequence[Stage], inputs: StageInputs) -> list[dict[str, Any]]:
+    """Run ``stages`` in order on one dataset; return one record per stage.
+
+    A stage whose module is absent is skipped; after a stage reports ``ok`` False the rest are
+    skipped. Exceptions propagate (the CLI turns user errors into a message).
+    """
+    records: list[dict[str, Any]] = []
+    stopped_by: str | None = None
+    for stage in stages:
+        record: dict[str, Any] = {"stage": stage.name, "dataset": inputs.dataset_name}
+        records.append(record)
+        if stopped_by is not None:
+            record.update(status="skipped", reason=f"stage {stopped_by} reported problems")
+            logger.info("[%s] stage %s skipped: stage %s reported problems", inputs.dataset_name, stage.name, stopped_by)
+            continue
+        module = import_stage_module(stage.module)
+        if module is None:
+            record.update(status="skipped", reason="not available yet")
+            logger.info("[%s] stage %s not available yet (no module %s)", inputs.dataset_name, stage.name, stage.module)
+            continue
+        logger.info("[%s] stage %s ...", inputs.dataset_name, stage.name)
+        started = time.perf_counter()
+        result = stage.call(module, inputs)
+        seconds = round(time.perf_counter() - started, 2)
+        inputs.previous[stage.name] = result
+        report = stage.report(result)
+        for line in report.lines:
+            logger.info("[%s]   %s", inputs.dataset_name, line)
+        record.update(status="ran" if report.ok else "failed", seconds=seconds, **report.details)
+        logger.info("[%s] stage %s %s in %.1f s", inputs.dataset_name, stage.name, record["status"], seconds)
+        if not report.ok:
+            stopped_by = stage.name
+    return records
+
+
+def run_demo(
+    home: DataHome | str | os.PathLike,
+    dimensions: Sequence[int] = (2, 3),
+    cases_per_site: int = 6,
+    num_processes: int = 1,
+    show_progress: bool = True,
+    keep_outputs: bool = False,
+    stages: Sequence[Stage] = STAGES,
+    log_file: Path | None = None,
+) -> dict[str, Any]:
+    """Write (or reuse) the synthetic datasets in ``home`` and run ``stages`` on each.
+
+    Without ``keep_outputs`` the demo datasets' earlier preprocessed and results folders are
+    deleted first, so every available stage really runs. Writes ``home/demo_summary.json`` and
+    returns the same dict: ``home``, ``datasets``, ``stages`` (one record per stage and
+    dataset, with ``status`` ``ran``, ``skipped`` or ``failed``), ``outputs`` and ``ok``.
+    """
+    home = home if isinstance(home, DataHome) else DataHome.resolve(home)
+    unknown = sorted(set(dimensions) - set(DATASET_NAMES))
+    if unknown:
+        raise ValueError(f"demo dimensions must be 2 and/or 3, got {unknown}")
+    if cases_per_site < 1:
+        raise ValueError(f"cases_per_site must be at least 1, got {cases_per_site}")
+    started = time.perf_counter()
+    datasets: dict[str, Any] = {}
+    records: list[dict[str, Any]] = []
+    for dimension in sorted(set(dimensions)):
+        spec, reused = demo_dataset(home, dimension, cases_per_site)
+        removed = [] if keep_outputs else remove_previous_outputs(home, spec.name)
+        for folder in removed:
+            logger.info("%s: removed earlier demo output %s (pass --keep to keep it)", spec.name, folder)
+        datasets[spec.name] = {
+            "dimension": dimension, "raw": str(spec.folder), "cases": spec.num_training,
+            "sites": sorted(set(spec.sites.values())), "reused": reused,
+        }
+        inputs = StageInputs(home, spec, spec.name, num_processes, show_progress)
+        records.extend(run_stages(stages, inputs))
+    summary = {
+        "home": str(home.root),
+        "datasets": datasets,
+        "stages": records,
+        "outputs": {"raw": str(home.raw), "preprocessed": str(home.preprocessed), "results": str(home.results)},
+        "log_file": str(log_file) if log_file else None,
+        "ok": all(record["status"] != "failed" for record in records),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    home.root.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(home.root / SUMMARY_FILE_NAME, summary)
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A few lines for the console: what ran, what was skipped, where the outputs are."""
+    lines = [f"demo {'finished' if summary['ok'] else 'stopped: a stage reported problems'} "
+             f"in {summary['seconds']:.1f} s"]
+    for record in summary["stages"]:
+        status = record["status"]
+        if status == "skipped":
+            status += f" ({record.get('reason', '')})"
+        elif "seconds" in record:
+            status += f" ({record['seconds']:.1f} s)"
+        lines.append(f"  {record['dataset']:<28} {record['stage']:<22} {status}")
+    lines.append(f"raw data:     {summary['outputs']['raw']}")
+    lines.append(f"preprocessed: {summary['outputs']['preprocessed']}")
+    lines.append(f"results:      {summary['outputs']['results']}")
+    if summary.get("log_file"):
+        lines.append(f"log:          {summary['log_file']}")
+    lines.append(f"summary:      {Path(summary['home']) / SUMMARY_FILE_NAME}")
+    return "\n".join(lines)
