@@ -15,7 +15,7 @@ log = get_logger("cli.plan")
 
 EXAMPLES = """\
 examples:
-  medseg-auto plan_and_preprocess Hippocampus
+  medseg-auto plan_and_preprocess Hippocampus --verify
   medseg-auto plan_and_preprocess 4 -c 3d_fullres -np 4
   medseg-auto plan_and_preprocess BUSI_STU --preset cpu_small
   medseg-auto plan_and_preprocess Hippocampus --plan-only --overwrite-plans
@@ -38,6 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="configurations to preprocess (default: all planned: 2d 3d_fullres [3d_lowres])")
     parser.add_argument("--preset", default="default", help="planner preset: a name in plans/ or a JSON path")
     parser.add_argument("--overwrite-plans", action="store_true", help="plan again even if plans exist")
+    parser.add_argument("--verify", action="store_true",
+                        help="check every case first (like 'medseg-auto verify') and stop on any error")
     parser.add_argument("--plan-only", action="store_true", help="write fingerprint and plans, skip preprocessing")
     add_home_argument(parser)
     add_processes_argument(parser)
@@ -55,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     plans = plan_and_preprocess(
         home, args.dataset, args.configurations, args.preset, args.num_processes,
         show_progress=not args.no_progress, overwrite_plans=args.overwrite_plans, plan_only=args.plan_only,
+        verify=args.verify,
     )
     elapsed = time.perf_counter() - started
     rows = []

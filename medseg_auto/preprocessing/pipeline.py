@@ -103,12 +103,18 @@ def plan_and_preprocess(
     show_progress: bool = True,
     overwrite_plans: bool = False,
     plan_only: bool = False,
+    verify: bool = False,
 ) -> Plans:
     """Fingerprint, plan and preprocess ``dataset``; return the plans.
 
-    ``configurations`` defaults to every configuration the plans contain.
+    ``configurations`` defaults to every configuration the plans contain. ``verify`` first
+    checks every case and stops with all problems listed (see ``medseg-auto verify``).
     """
     spec = DatasetSpec.load(home.raw_dataset(dataset))
+    if verify:
+        from medseg_auto.dataset.verify import raise_if_problems, verify_dataset
+
+        raise_if_problems(verify_dataset(spec, num_processes, show_progress))
     output_folder = home.preprocessed / spec.name
     output_folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(spec.folder / "dataset.json", output_folder / "dataset.json")
