@@ -8,7 +8,9 @@ from __future__ import annotations
 import numpy as np
 
 from medseg_auto.dataset.dataset_json import CaseFiles, DatasetSpec
-from medseg_auto.dataset.image_io import ImageGeometry, check_same_geometry, read_case_images, read_segmentation
+from medseg_auto.dataset.image_io import (
+    ImageGeometry, check_same_geometry, non_finite_in_nifti, read_case_images, read_segmentation,
+)
 from medseg_auto.errors import DatasetError, GeometryMismatchError, LabelValueError
 
 
@@ -22,6 +24,9 @@ def load_case_images(image_files, num_channels: int, case_id: str) -> tuple[np.n
         )
     if not np.all(np.isfinite(data)):
         raise DatasetError(f"{image_files[0]}: image contains NaN or infinite values")
+    for image_file in image_files:
+        if non_finite_in_nifti(image_file):
+            raise DatasetError(f"{image_file}: image contains NaN or infinite values (replace them, e.g. with 0)")
     return data, geometry
 
 

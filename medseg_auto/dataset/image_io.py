@@ -306,3 +306,24 @@ def _first_line(error: Exception) -> str:
     text = str(error).strip().splitlines()
     meaningful = [line for line in text if line.strip() and "sitk::ERROR" in line] or text[-1:] or [""]
     return meaningful[0].strip()[:300]
+
+
+def non_finite_in_nifti(path: str | os.PathLike) -> int:
+    """Count NaN/inf voxels of a float NIfTI file as stored on disk (0 for other files).
+
+    Why not trust the array we read: ITK before 6.0 (SimpleITK 2.5 included) silently turns
+    NaN and +-inf in NIfTI files into 0 (ITK pull request #6683), so a check on the array
+    SimpleITK returns would never fire. Integer files cannot hold NaN and are skipped unread
+    (nibabel reads only the header to learn the type).
+    """
+    if not str(path).endswith((".nii", ".nii.gz")):
+        return 0
+    import nibabel
+
+    try:
+        image = nibabel.load(str(path))
+        if image.get_data_dtype().kind not in "fc":
+            return 0
+        return int(np.count_nonzero(~np.isfinite(np.asarray(image.dataobj))))
+    except Exception:  # unreadable for nibabel: the SimpleITK read already had its say
+        return 0

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg_auto.dataset.dataset_json import CaseFiles, DatasetSpec, find_cases_in_folder
-from medseg_auto.dataset.image_io import check_same_geometry, read_case_images, read_segmentation
+from medseg_auto.dataset.image_io import check_same_geometry, non_finite_in_nifti, read_case_images, read_segmentation
 from medseg_auto.errors import DatasetError, MedsegError
 from medseg_auto.utils.atomic import TEMP_PREFIX
 from medseg_auto.utils.parallel import default_num_processes, parallel_map
@@ -129,26 +129,6 @@ def _label_problems(case: CaseFiles, label: np.ndarray, label_values: tuple[int,
     if not np.any(label > 0):
         problems.append(Problem(case.case_id, str(case.label), "no foreground (empty mask)", WARNING))
     return problems
-
-
-def non_finite_in_nifti(path: Path) -> int:
-    """Count NaN/inf voxels of a float NIfTI file as stored on disk (0 for other files).
-
-    Why not trust the array we read: ITK before 6.0 (SimpleITK 2.5 included) silently turns
-    NaN and +-inf in NIfTI files into 0 (ITK pull request #6683), so a check on the array
-    SimpleITK returns would never fire. Integer files cannot hold NaN and are skipped unread.
-    """
-    if not str(path).endswith((".nii", ".nii.gz")):
-        return 0
-    import nibabel
-
-    try:
-        image = nibabel.load(str(path))
-        if image.get_data_dtype().kind not in "fc":
-            return 0
-        return int(np.count_nonzero(~np.isfinite(np.asarray(image.dataobj))))
-    except Exception:  # unreadable for nibabel: the SimpleITK read already had its say
-        return 0
 
 
 def raise_if_problems(problems: list[Problem]) -> None:

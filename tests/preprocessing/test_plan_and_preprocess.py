@@ -131,3 +131,18 @@ def test_empty_dataset_is_a_clear_error(tmp_path):
 def test_cli_reports_errors_without_traceback(home_3d, capsys):
     assert main(["plan_and_preprocess", "NoSuchDataset", "--home", str(home_3d.root)]) == 2
     assert "no dataset 'NoSuchDataset'" in capsys.readouterr().err
+
+
+def test_nan_in_float_nifti_is_refused_naming_the_file(home_3d):
+    import SimpleITK as sitk
+
+    spec = DatasetSpec.load(home_3d.raw_dataset("Syn3d"))
+    image_file = spec.training_cases()[0].images[0]
+    image = sitk.ReadImage(str(image_file), sitk.sitkFloat32)
+    array = sitk.GetArrayFromImage(image)
+    array[0, 0, 0] = np.nan
+    nan_image = sitk.GetImageFromArray(array)
+    nan_image.CopyInformation(image)
+    sitk.WriteImage(nan_image, str(image_file))
+    with pytest.raises(DatasetError, match=rf"{image_file.name}.*NaN"):
+        plan_and_preprocess(home_3d, "Syn3d", num_processes=1, show_progress=False)
