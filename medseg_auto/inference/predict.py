@@ -1,0 +1,208 @@
+"""Predicting a folder of images with one model or a fold ensemble.
+
+Per case: read -> the training preprocessing (same function) -> sliding window with mirroring
+for every model -> average the softmax over models -> export (resample back, uncrop,
+untranspose, write with the input's geometry). Reading of the next case runs in a thread and
+export in worker processes, so the device keeps computing. A case that fails to read or
+predict is reported and skipped; the others finish. Outputs are written atomically, and an
+existing output is skipped unless ``overwrite``, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from medseg_auto.dataset.case_loader import load_case_images
+from medseg_auto.errors import MedsegError
+from medseg_auto.inference.export import export_prediction, logits_to_probabilities
+from medseg_auto.inference.inputs import find_input_cases
+from medseg_auto.inference.sliding_window import predict_logits
+from medseg_auto.paths import safe_child
+from medseg_auto.planning.plans import ConfigurationPlan, Plans
+from medseg_auto.preprocessing.case_pipeline import preprocess_case
+from medseg_auto.utils.logging_setup import get_logger
+
+log = get_logger("inference")
+
+
+@dataclass
+class LoadedModel:
+    """One trained network with what prediction needs to know about it."""
+
+    network: nn.Module
+    plans: Plans
+    config: ConfigurationPlan
+    mirror_axes: list[int] | None
+    name: str = "model"
+
+
+@dataclass
+class PredictionOptions:
+    step_size: float = 0.5
+    use_mirroring: bool = True
+    save_probabilities: bool = False
+    overwrite: bool = False
+    device: str = "auto"
+    use_autocast: bool | None = None
+    export_workers: int = 1
+    show_progress: bool = True
+
+
+@dataclass
+class PredictionReport:
+    predicted: list[str] = field(default_factory=list)
+    skipped_existing: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds_per_case: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; enables cudnn benchmark on CUDA."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    chosen = torch.device(device)
+    if chosen.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return chosen
+
+
+def predict_preprocessed(
+    models: list[LoadedModel], data: np.ndarray, options: PredictionOptions, device: torch.device
+) -> np.ndarray:
+    """Averaged softmax ``(K, z, y, x)`` of every model for one preprocessed ``data (C, z, y, x)``."""
+    autocast = options.use_autocast if options.use_autocast is not None else device.type == "cuda"
+    total: np.ndarray | None = None
+    for model in models:
+        logits = predict_logits(
+            model.network, data, model.config.patch_size, model.config.is_2d,
+            model.mirror_axes if options.use_mirroring else None, options.step_size, device, autocast,
+        )
+        probabilities = logits_to_probabilities(logits)
+        total = probabilities if total is None else total + probabilities
+    assert total is not None
+    return total / len(models)
+
+
+def predict_folder(
+    input_path: Path, output_folder: Path, models: list[LoadedModel], file_ending: str | None,
+    options: PredictionOptions, postprocess: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> PredictionReport:
+    """Predict every case of ``input_path`` into ``output_folder``; return what happened.
+
+    ``file_ending`` forces the output format; ``None`` keeps each input's own format.
+    """
+    if not models:
+        raise MedsegError("no trained model to predict with")
+    plans, config = models[0].plans, models[0].config
+    device = resolve_device(options.device)
+    for model in models:
+        model.network.to(device).eval()
+    cases = find_input_cases(input_path, plans.num_input_channels)
+    output_folder.mkdir(parents=True, exist_ok=True)
+    report = PredictionReport()
+    todo = {}
+    for case_id, files in cases.items():
+        ending = file_ending or _ending_of(files[0])
+        target = safe_child(output_folder, f"{case_id}{ending}")
+        if target.exists() and not options.overwrite:
+            report.skipped_existing.append(case_id)
+        else:
+            todo[case_id] = (files, target)
+    if report.skipped_existing:
+        log.info("%d case(s) already predicted in %s (pass --overwrite to redo)", len(report.skipped_existing), output_folder)
+    progress = tqdm(total=len(todo), desc="predict", unit="case", disable=not options.show_progress)
+    pending: list[tuple[str, Future]] = []
+    with ThreadPoolExecutor(max_workers=1) as reader, ProcessPoolExecutor(max_workers=max(1, options.export_workers)) as exporter:
+        for case_id, loaded, started in _prefetch(reader, todo, plans, config):
+            try:
+                if isinstance(loaded, Exception):
+                    raise loaded
+                data, properties = loaded
+                probabilities = predict_preprocessed(models, data, options, device)
+                future = exporter.submit(
+                    _export_job, probabilities, properties, plans.to_json(), config.name, todo[case_id][1],
+                    options.save_probabilities, postprocess,
+                )
+                pending.append((case_id, future))
+                report.seconds_per_case[case_id] = time.perf_counter() - started
+            except (MedsegError, RuntimeError, ValueError, OSError) as error:
+                report.failed[case_id] = str(error)
+                log.error("case %s failed: %s", case_id, error)
+            pending = _collect(pending, report, max_pending=2 * max(1, options.export_workers))
+            progress.update()
+        _collect(pending, report, max_pending=0)
+    progress.close()
+    return report
+
+
+def _prefetch(reader: ThreadPoolExecutor, todo: dict, plans: Plans, config: ConfigurationPlan) -> Iterator[tuple[str, Any, float]]:
+    """Yield ``(case_id, (data, properties) or the exception, start time)``, reading the next
+    case in a thread while the current one is predicted."""
+    items = list(todo.items())
+    future = reader.submit(_read_and_preprocess, items[0], plans, config) if items else None
+    for index, (case_id, _) in enumerate(items):
+        started = time.perf_counter()
+        assert future is not None
+        loaded = future.result()
+        if index + 1 < len(items):
+            future = reader.submit(_read_and_preprocess, items[index + 1], plans, config)
+        yield case_id, loaded, started
+
+
+def _read_and_preprocess(item, plans: Plans, config: ConfigurationPlan):
+    case_id, (files, _) = item
+    try:
+        data, geometry = load_case_images(files, plans.num_input_channels, case_id)
+        data, _, properties = preprocess_case(data, None, geometry, plans, config, case_id, sample_locations=False)
+        properties.geometry["file_ending"] = _ending_of(files[0])
+        return data, properties
+    except Exception as error:  # reported per case by the caller
+        return error
+
+
+def _export_job(probabilities, properties, plans_json, configuration, target, save_probabilities, postprocess):
+    plans = Plans.from_json(plans_json)
+    config = plans.configuration(configuration)
+    ending = _ending_of(target)
+    properties.geometry["file_ending"] = ending
+    segmentation = export_prediction(probabilities, properties, plans, config, Path(target), save_probabilities, postprocess)
+    return segmentation.shape
+
+
+def _collect(pending: list[tuple[str, Future]], report: PredictionReport, max_pending: int) -> list[tuple[str, Future]]:
+    """Record finished exports; wait for the oldest while more than ``max_pending`` are queued
+    (bounds the memory held by probabilities waiting for export)."""
+    remaining = []
+    for case_id, future in pending:
+        if future.done():
+            _record_export(case_id, future, report)
+        else:
+            remaining.append((case_id, future))
+    while len(remaining) > max_pending:
+        case_id, future = remaining.pop(0)
+        _record_export(case_id, future, report)
+    return remaining
+
+
+def _record_export(case_id: str, future: Future, report: PredictionReport) -> None:
+    try:
+        future.result()
+        report.predicted.append(case_id)
+    except Exception as error:
+        report.failed[case_id] = f"export failed: {error}"
+        log.error("case %s: export failed: %s", case_id, error)
+
+
+def _ending_of(path: Path) -> str:
+    from medseg_auto.dataset.image_io import file_ending_of
+
+    return file_ending_of(path)
