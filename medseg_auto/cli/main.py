@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "medseg_auto.cli.verify_command",
     "medseg_auto.cli.plan_command",
     "medseg_auto.cli.train_command", "medseg_auto.cli.trainers_command",
+    "medseg_auto.cli.predict_command",
     "medseg_auto.cli.evaluate_command",
     "medseg_auto.cli.demo_command",
 )

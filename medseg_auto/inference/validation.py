@@ -28,7 +28,7 @@ from medseg_auto.utils.logging_setup import get_logger
 log = get_logger("inference.validation")
 
 
-def predict_validation_cases(
+def validate_cases(
     network: nn.Module,
     plans: Plans,
     config: ConfigurationPlan,
@@ -66,3 +66,18 @@ def predict_validation_cases(
     log.info("final validation of %d case(s): mean foreground Dice %s", len(case_ids),
              summary.get("foreground_mean", {}).get("dice"))
     return summary
+
+
+def predict_validation_cases(request) -> dict:
+    """Entry point of the training's final validation (``training.final_validation``): unpack
+    its :class:`FinalValidationRequest` and validate with :func:`validate_cases`."""
+    plans = request.plans
+    config = plans.configuration(request.configuration_name)
+    if request.raw_dataset_folder is None:
+        raise FileNotFoundError("the raw dataset folder is needed to score the validation cases")
+    spec = DatasetSpec.load(request.raw_dataset_folder)
+    cache = PreprocessedCache(Path(request.preprocessed_dataset_folder) / config.data_identifier)
+    return validate_cases(
+        request.network, plans, config, cache, list(request.case_ids), spec, Path(request.output_folder),
+        request.mirror_axes, request.device, save_probabilities=request.save_probabilities,
+    )

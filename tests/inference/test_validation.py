@@ -7,7 +7,7 @@ import pytest
 from medseg_auto.dataset.dataset_json import DatasetSpec
 from medseg_auto.dataset.synthetic import make_synthetic_dataset, synthetic_home
 from medseg_auto.evaluation.evaluate import evaluate_folders
-from medseg_auto.inference.validation import predict_validation_cases
+from medseg_auto.inference.validation import validate_cases
 from medseg_auto.preprocessing.cache import PreprocessedCache
 from medseg_auto.preprocessing.pipeline import plan_and_preprocess
 
@@ -22,7 +22,7 @@ def test_validation_metrics_match_folder_evaluation(tmp_path):
     spec = DatasetSpec.load(home.raw_dataset("Syn2d"))
     cache = PreprocessedCache(home.preprocessed_dataset("Syn2d") / config.data_identifier)
     output = tmp_path / "validation"
-    summary = predict_validation_cases(ThresholdNetwork(), plans, config, cache, cache.case_ids(), spec, output,
+    summary = validate_cases(ThresholdNetwork(), plans, config, cache, cache.case_ids(), spec, output,
                                        mirror_axes=[0, 1], show_progress=False)
     assert summary["num_cases"] == 4
     assert (output / "summary.json").is_file() and (output / "metrics.csv").is_file()
