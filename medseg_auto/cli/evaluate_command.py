@@ -41,6 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("gt_dir", metavar="GT_DIR", type=Path, help="folder of reference label maps")
     parser.add_argument("-d", "--dataset", metavar="NAME", default=None,
                         help="dataset name, id or folder: labels, names, file ending and sites from its dataset.json")
+    parser.add_argument("--predicted-only", action="store_true",
+                        help="score only the references that have a prediction (e.g. one fold's validation cases)")
     parser.add_argument("--sites", action="store_true",
                         help="add per-site tables (needs -d and a dataset.json with 'sites')")
     parser.add_argument("-o", "--output", metavar="OUT", type=Path, default=None,
@@ -69,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     output = args.output or args.pred_dir
     log_file = start_log(output, "evaluate", args)
     result = evaluate_folders(args.pred_dir, args.gt_dir, spec=spec, labels=args.labels, sites=sites,
-                              num_processes=args.num_processes, show_progress=not args.no_progress)
+                              num_processes=args.num_processes, show_progress=not args.no_progress,
+                              predicted_only=args.predicted_only)
     paths = write_evaluation(result, output)
     summary = result.summary
     for label, values in summary["per_class"].items():

@@ -66,6 +66,7 @@ def evaluate_folders(
     sites: dict[str, str] | None = None,
     num_processes: int = 1,
     show_progress: bool = True,
+    predicted_only: bool = False,
 ) -> EvaluationResult:
     """Score every reference label map in ``gt_dir`` against its prediction in ``pred_dir``.
 
@@ -77,6 +78,8 @@ def evaluate_folders(
         sites: case -> site. When given, the summary gets per-site tables; the ``site``
             column is filled from it (else from ``spec.sites``, else left empty).
         num_processes: worker processes (1 runs in this process).
+        predicted_only: score only the references that have a prediction (a fold's
+            validation cases, say) instead of treating the others as missing.
 
     Raises:
         EvaluationError: no reference files, or predictions missing (all listed).
@@ -84,7 +87,7 @@ def evaluate_folders(
             (both files named).
     """
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
-    pairs = match_case_files(pred_dir, gt_dir, spec.file_ending if spec else None)
+    pairs = match_case_files(pred_dir, gt_dir, spec.file_ending if spec else None, predicted_only)
     if labels is None and spec is not None:
         labels = spec.foreground_labels
     chosen_labels = sorted({int(v) for v in labels if int(v) != 0}) if labels is not None else None
@@ -146,12 +149,15 @@ def evaluate_case_files(case_id: str, pred_path: Path, gt_path: Path, labels: li
     return evaluate_arrays(prediction, reference, reference_geometry.spacing, labels, reference_geometry.is_2d)
 
 
-def match_case_files(pred_dir: Path, gt_dir: Path, gt_file_ending: str | None = None) -> dict[str, tuple[Path, Path]]:
+def match_case_files(
+    pred_dir: Path, gt_dir: Path, gt_file_ending: str | None = None, predicted_only: bool = False
+) -> dict[str, tuple[Path, Path]]:
     """Map case id -> (prediction file, reference file), sorted by case id.
 
     Reference files are those in ``gt_dir`` ending in ``gt_file_ending`` (any supported image
     ending when ``None``). A prediction with the reference's ending is preferred; a case with
-    several other candidate endings is an error, as is any reference without a prediction.
+    several other candidate endings is an error, as is any reference without a prediction
+    unless ``predicted_only`` (then only references with a prediction are paired).
     """
     if not gt_dir.is_dir():
         raise EvaluationError(f"{gt_dir}: reference folder not found")
@@ -180,7 +186,11 @@ def match_case_files(pred_dir: Path, gt_dir: Path, gt_file_ending: str | None = 
                                   f"({', '.join(p.name for p in candidates)}); keep one")
         else:
             missing.append(case_id)
-    if missing:
+    if missing and predicted_only:
+        if not pairs:
+            raise EvaluationError(f"{pred_dir}: no prediction matches a reference in {gt_dir}")
+        log.info("%d reference(s) without a prediction are left out (--predicted-only)", len(missing))
+    elif missing:
         shown = ", ".join(missing[:MISSING_CASES_SHOWN])
         more = f" and {len(missing) - MISSING_CASES_SHOWN} more" if len(missing) > MISSING_CASES_SHOWN else ""
         raise EvaluationError(
