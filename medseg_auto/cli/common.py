@@ -11,8 +11,15 @@ from medseg_auto.utils.logging_setup import configure_logging
 from medseg_auto.utils.parallel import default_num_processes
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keep the examples' line breaks and show defaults."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keep the examples' line breaks; show a default only where it says something (not None
+    or False) and the help text does not already speak of its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
 
 
 def add_home_argument(parser: argparse.ArgumentParser) -> None:
