@@ -1,0 +1,139 @@
+"""Cross-validation splits, written once to ``splits.json`` so every run of a dataset agrees.
+
+Without sites (or with one site) the folds are nnU-Net v2's exactly: sklearn
+``KFold(5, shuffle=True, random_state=12345)`` over the *sorted* case ids
+(``nnunetv2/utilities/crossval_split.py``), so our fold numbers compare like-for-like with
+published nnU-Net results. With two or more sites the folds are ``StratifiedKFold`` by site
+(same seed), so every fold's validation set holds cases of every site that has enough of them:
+a per-site validation Dice then exists for every fold.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+from sklearn.model_selection import KFold, StratifiedKFold
+
+from medseg_auto.errors import DatasetError
+from medseg_auto.utils.atomic import read_json, write_json_atomic
+
+SPLITS_FILE_NAME = "splits.json"
+DEFAULT_N_FOLDS = 5
+DEFAULT_SEED = 12345
+_UNKNOWN_SITE = "<no site>"
+
+Split = dict[str, list[str]]
+
+
+def make_splits(
+    case_ids: Sequence[str],
+    sites: Mapping[str, str | None] | None = None,
+    n_folds: int = DEFAULT_N_FOLDS,
+    seed: int = DEFAULT_SEED,
+) -> list[Split]:
+    """Return ``n_folds`` splits ``[{"train": [...], "val": [...]}, ...]`` (ids sorted in each list).
+
+    ``sites`` maps case id to site; cases it does not name form one extra "no site" group.
+    Stratification needs at least two groups and at least one group with ``n_folds`` cases
+    (sklearn's own limit); otherwise the plain nnU-Net ``KFold`` is used. Groups smaller than
+    ``n_folds`` are spread over as many folds as they have cases.
+    """
+    ordered = sorted(set(case_ids))
+    if len(ordered) < n_folds:
+        raise DatasetError(
+            f"{len(ordered)} cases cannot be split into {n_folds} folds; "
+            "train with fold 'all' or add cases"
+        )
+    indices = np.arange(len(ordered))
+    groups = _site_groups(ordered, sites)
+    if _can_stratify(groups, n_folds):
+        splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        with warnings.catch_warnings():
+            # sklearn warns when a site has fewer cases than folds; spreading it is what we want.
+            warnings.simplefilter("ignore", UserWarning)
+            fold_indices = list(splitter.split(indices, groups))
+    else:
+        fold_indices = list(KFold(n_splits=n_folds, shuffle=True, random_state=seed).split(indices))
+    return [
+        {"train": [ordered[i] for i in train], "val": [ordered[i] for i in val]}
+        for train, val in fold_indices
+    ]
+
+
+def load_or_create_splits(
+    preprocessed_dataset_folder: str | Path,
+    case_ids: Sequence[str],
+    sites: Mapping[str, str | None] | None = None,
+    n_folds: int = DEFAULT_N_FOLDS,
+    seed: int = DEFAULT_SEED,
+) -> list[Split]:
+    """Read ``<folder>/splits.json``, or create it from :func:`make_splits` and write it atomically.
+
+    An existing file always wins (a user may have edited it, like nnU-Net's ``splits_final.json``),
+    but it must only name cases of ``case_ids`` (the preprocessed cache): a stale file raises
+    :class:`DatasetError` naming the missing cases.
+    """
+    path = Path(preprocessed_dataset_folder) / SPLITS_FILE_NAME
+    if not path.is_file():
+        splits = make_splits(case_ids, sites, n_folds=n_folds, seed=seed)
+        write_json_atomic(path, splits)
+        return splits
+    splits = _parse_splits(path)
+    known = set(case_ids)
+    unknown = sorted({case for split in splits for case in split["train"] + split["val"]} - known)
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise DatasetError(
+            f"{path}: lists {len(unknown)} case(s) that are not in the preprocessed data ({shown}); "
+            "preprocess them, or delete the file to create new splits"
+        )
+    return splits
+
+
+def fold_cases(splits: Sequence[Split], fold: int | str) -> tuple[list[str], list[str]]:
+    """Return ``(train_ids, val_ids)`` of ``fold``; ``"all"`` trains and validates on every case."""
+    if str(fold) == "all":
+        everything = sorted({case for split in splits for case in split["train"] + split["val"]})
+        return everything, list(everything)
+    try:
+        index = int(fold)
+    except ValueError:
+        raise DatasetError(f"fold must be an integer or 'all', got {fold!r}") from None
+    if not 0 <= index < len(splits):
+        raise DatasetError(f"fold {index} does not exist: the splits have folds 0..{len(splits) - 1} and 'all'")
+    return list(splits[index]["train"]), list(splits[index]["val"])
+
+
+def _site_groups(ordered: Sequence[str], sites: Mapping[str, str | None] | None) -> list[str]:
+    sites = sites or {}
+    return [str(sites[case]) if sites.get(case) is not None else _UNKNOWN_SITE for case in ordered]
+
+
+def _can_stratify(groups: Sequence[str], n_folds: int) -> bool:
+    _, counts = np.unique(np.asarray(groups), return_counts=True)
+    return len(counts) >= 2 and int(counts.max()) >= n_folds
+
+
+def _parse_splits(path: Path) -> list[Split]:
+    """Read and shape-check a splits file, so a hand-edited mistake names the file."""
+    try:
+        payload = read_json(path)
+    except ValueError as error:
+        raise DatasetError(f"{path}: not valid JSON ({error}); fix or delete it") from error
+    valid = isinstance(payload, list) and len(payload) > 0 and all(
+        isinstance(split, dict)
+        and isinstance(split.get("train"), list)
+        and isinstance(split.get("val"), list)
+        for split in payload
+    )
+    if not valid:
+        raise DatasetError(
+            f'{path}: must be a non-empty list of {{"train": [...], "val": [...]}}; fix or delete it'
+        )
+    return [
+        {"train": [str(case) for case in split["train"]], "val": [str(case) for case in split["val"]]}
+        for split in payload
+    ]
