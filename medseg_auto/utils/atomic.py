@@ -34,10 +34,18 @@ def atomic_path(final_path: str | os.PathLike, suffix: str = "") -> Iterator[Pat
     temp_path = Path(temp_name)
     try:
         yield temp_path
+        # mkstemp creates the file 0600; give the result the permissions a plain open() would.
+        os.chmod(temp_path, 0o666 & ~_current_umask())
         os.replace(temp_path, final_path)
     finally:
         if temp_path.exists():
             temp_path.unlink()
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json_atomic(path: str | os.PathLike, payload: Any, compact: bool = False) -> None:
