@@ -129,3 +129,16 @@ def test_reference_fingerprint_reproduces_reference_plans():
         assert ours.network.kernel_sizes == arch["kernel_sizes"]
         assert ours.network.features_per_stage == arch["features_per_stage"]
         assert ours.batch_dice == theirs["batch_dice"]
+
+
+def test_plans_schema_lists_every_field_of_the_dataclasses():
+    """plans/plans_schema.json documents the file users edit; it must not drift from the code."""
+    from dataclasses import fields
+
+    from medseg_auto.planning.plans import ConfigurationPlan, NetworkPlan, Plans
+
+    schema = json.loads((Path(__file__).resolve().parents[2] / "plans" / "plans_schema.json").read_text())
+    assert {f.name for f in fields(Plans)} == set(schema["properties"])
+    configuration = schema["$defs"]["configuration"]["properties"]
+    assert {f.name for f in fields(ConfigurationPlan)} == set(configuration)
+    assert {f.name for f in fields(NetworkPlan)} == set(configuration["network"]["properties"])
