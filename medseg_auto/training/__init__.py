@@ -1,0 +1,1 @@
+"""Training: data pipeline, losses, trainers and the training loop."""

@@ -1,0 +1,133 @@
+"""Trainers by name: ``-tr NAME`` picks the domain methods a :class:`Trainer` holds.
+
+A registered trainer is a :class:`TrainerSpec`: a name, a one-line description and the
+:class:`~medseg_auto.training.hooks.DomainMethod` classes it combines. Names come from
+
+1. the :func:`register_trainer` decorator on a method class (this package's
+   ``training/trainers/`` modules are imported on first lookup), and
+2. the entry-point group ``medseg_auto.trainers``, so another installed package can add one::
+
+       [options.entry_points]
+       medseg_auto.trainers =
+           MyMethod = my_package.my_method:MyMethod
+
+   The entry point's object is either a ``DomainMethod`` subclass (registered under the entry
+   point's name unless it registered itself) or a module that registers on import.
+
+``"A+B"`` combines registered trainers: their methods run together, in that order. The name
+(with the ``+``) is what the results folder and the checkpoint record.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Callable, TypeVar
+
+from medseg_auto.errors import MedsegError
+from medseg_auto.training.hooks import DomainMethod
+from medseg_auto.utils.logging_setup import get_logger
+
+ENTRY_POINT_GROUP = "medseg_auto.trainers"
+BUILTIN_PACKAGE = "medseg_auto.training.trainers"
+COMBINE = "+"
+
+log = get_logger("training.registry")
+MethodClass = TypeVar("MethodClass", bound=type[DomainMethod])
+
+
+class UnknownTrainerError(MedsegError):
+    """``-tr`` names no registered trainer."""
+
+
+@dataclass(frozen=True)
+class TrainerSpec:
+    """A trainer: its name, what it changes (one line) and the method classes it combines."""
+
+    name: str
+    description: str
+    methods: tuple[type[DomainMethod], ...]
+
+    def create_methods(self, options: dict | None = None) -> list[DomainMethod]:
+        """Instantiate the methods; each takes the option values it declared (others ignored)."""
+        options = options or {}
+        created = []
+        for method_class in self.methods:
+            known = method_class.default_options()
+            created.append(method_class({key: value for key, value in options.items() if key in known}))
+        return created
+
+
+_REGISTRY: dict[str, TrainerSpec] = {}
+_discovered = False
+
+
+def register_trainer(name: str | None = None, description: str | None = None) -> Callable[[MethodClass], MethodClass]:
+    """Class decorator: register a ``DomainMethod`` subclass as trainer ``name`` (default: class name).
+
+    ``description`` defaults to the first line of the class docstring.
+    """
+
+    def decorate(method_class: MethodClass) -> MethodClass:
+        if not (isinstance(method_class, type) and issubclass(method_class, DomainMethod)):
+            raise TypeError(f"register_trainer expects a DomainMethod subclass, got {method_class!r}")
+        trainer_name = name or method_class.__name__
+        if COMBINE in trainer_name:
+            raise ValueError(f"trainer name {trainer_name!r} must not contain {COMBINE!r}")
+        line = description if description is not None else _first_line(method_class.__doc__)
+        existing = _REGISTRY.get(trainer_name)
+        if existing is not None and existing.methods != (method_class,):
+            raise ValueError(f"trainer name {trainer_name!r} is already registered by {existing.methods[0].__module__}")
+        _REGISTRY[trainer_name] = TrainerSpec(trainer_name, line.strip(), (method_class,))
+        return method_class
+
+    return decorate
+
+
+def available_trainers() -> dict[str, TrainerSpec]:
+    """Every registered trainer, sorted by name (built-ins and entry points)."""
+    _discover()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_trainer(name: str) -> TrainerSpec:
+    """The spec for ``name`` (or ``"A+B"``); unknown names raise an error listing the known ones."""
+    known = available_trainers()
+    parts = [part.strip() for part in name.split(COMBINE)]
+    missing = [part for part in parts if part not in known]
+    if missing or not parts:
+        raise UnknownTrainerError(
+            f"unknown trainer {name!r}; known trainers: {', '.join(known)}. "
+            f"Third-party trainers register through the entry-point group '{ENTRY_POINT_GROUP}'."
+        )
+    if len(parts) == 1:
+        return known[parts[0]]
+    methods = tuple(method for part in parts for method in known[part].methods)
+    return TrainerSpec(name, " + ".join(known[part].description for part in parts), methods)
+
+
+def _discover() -> None:
+    """Import the built-in trainer modules and load the entry points, once per process."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    package = importlib.import_module(BUILTIN_PACKAGE)
+    for module in pkgutil.iter_modules(package.__path__, prefix=f"{BUILTIN_PACKAGE}."):
+        importlib.import_module(module.name)
+    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            loaded = entry_point.load()
+        except Exception as error:  # a broken plug-in must not break the built-in trainers
+            log.warning("could not load trainer entry point %s (%s): %r", entry_point.name, entry_point.value, error)
+            continue
+        registered = any(loaded in spec.methods for spec in _REGISTRY.values())
+        if isinstance(loaded, type) and issubclass(loaded, DomainMethod) and not registered:
+            register_trainer(entry_point.name)(loaded)
+
+
+def _first_line(text: str | None) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[0] if lines else ""

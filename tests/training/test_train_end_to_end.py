@@ -1,0 +1,107 @@
+"""Training end to end on CPU with tiny synthetic data: files, curves, presets, resume, pretrained."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from medseg_auto.cli.main import main
+from medseg_auto.training import final_validation
+from medseg_auto.training.checkpoint import BEST, FINAL, LATEST, load_checkpoint
+from medseg_auto.training.run import train_fold
+
+FAST = dict(device="cpu", seed=0, num_workers=0)
+
+
+def read_progress(folder):
+    with open(folder / "progress.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.parametrize("configuration", ["3d_fullres", "2d"])
+def test_train_writes_results_layout(toy_home, configuration):
+    folder = train_fold(toy_home, "Toy", configuration, 0, epochs=2, iters_per_epoch=2, **FAST)
+    assert folder == toy_home.results / "Dataset901_Toy" / f"Base__plans__{configuration}" / "fold_0"
+    assert (folder.parent / "plans.json").is_file() and (folder.parent / "dataset.json").is_file()
+    for name in ("training_log.txt", "progress.csv", "progress.png", FINAL, BEST):
+        assert (folder / name).is_file(), name
+    assert not (folder / LATEST).exists()  # removed once the final checkpoint exists
+    rows = read_progress(folder)
+    assert [row["epoch"] for row in rows] == ["0", "1"]
+    assert {"train_loss", "val_loss", "pseudo_dice", "ema_pseudo_dice", "lr", "epoch_time",
+            "pseudo_dice_1", "pseudo_dice_2"} <= set(rows[0])
+    summary = json.loads((folder / "validation" / "summary.json").read_text())
+    assert summary["num_cases"] == 2  # the final validation predicted the fold's two validation cases
+    assert "Epoch 1" in (folder / "training_log.txt").read_text()
+
+
+def test_checkpoint_holds_everything_needed_to_resume_and_predict(toy_home):
+    folder = train_fold(toy_home, "Toy", "3d_fullres", 1, epochs=1, iters_per_epoch=1, **FAST)
+    payload = load_checkpoint(folder / FINAL)
+    assert {"network_weights", "optimizer_state", "scheduler_state", "grad_scaler_state", "current_epoch",
+            "logging", "best_ema", "rng_states", "trainer_name", "init_args", "plans_name", "configuration",
+            "inference_allowed_mirroring_axes", "methods_state"} <= set(payload)
+    assert payload["current_epoch"] == 1 and payload["trainer_name"] == "Base"
+    assert payload["inference_allowed_mirroring_axes"] == [0, 1, 2]
+    assert payload["init_args"]["fold"] == "1" and payload["init_args"]["seed"] == 0
+
+
+def test_loss_goes_down_on_a_learnable_toy_problem(toy_home):
+    folder = train_fold(toy_home, "Toy", "2d", 0, epochs=6, iters_per_epoch=5, **FAST)
+    losses = [float(row["train_loss"]) for row in read_progress(folder)]
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_fold_all_and_presets(toy_home):
+    folder = train_fold(toy_home, "Toy", "2d", "all", trainer_name="NoMirroring", epochs=1, iters_per_epoch=1, **FAST)
+    assert folder.name == "fold_all" and folder.parent.name == "NoMirroring__plans__2d"
+    payload = load_checkpoint(folder / FINAL)
+    assert payload["inference_allowed_mirroring_axes"] is None
+    assert len(payload["init_args"]["settings"]) > 0
+    folder = train_fold(toy_home, "Toy", "3d_fullres", 0, trainer_name="NoDeepSupervision", epochs=1,
+                        iters_per_epoch=1, **FAST)
+    assert not any("deep_supervision_heads" in key for key in load_checkpoint(folder / FINAL)["network_weights"])
+    folder = train_fold(toy_home, "Toy", "2d", 0, trainer_name="FewEpochs", iters_per_epoch=1, **FAST)
+    assert len(read_progress(folder)) == 10  # the preset's epochs, with --iters-per-epoch overriding its 50
+
+
+def test_continue_after_the_end_trains_no_more(toy_home):
+    folder = train_fold(toy_home, "Toy", "2d", 0, epochs=2, iters_per_epoch=1, **FAST)
+    before = load_checkpoint(folder / FINAL)["network_weights"]
+    train_fold(toy_home, "Toy", "2d", 0, continue_training=True, **FAST)  # keeps the run's 2 epochs
+    assert len(read_progress(folder)) == 2
+    after = load_checkpoint(folder / FINAL)["network_weights"]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_continue_with_more_epochs_stretches_the_poly_schedule(toy_home):
+    folder = train_fold(toy_home, "Toy", "2d", 0, epochs=2, iters_per_epoch=1, **FAST)
+    train_fold(toy_home, "Toy", "2d", 0, epochs=4, iters_per_epoch=1, continue_training=True, **FAST)
+    lrs = [float(row["lr"]) for row in read_progress(folder)]
+    assert len(lrs) == 4 and lrs[2] == pytest.approx(0.01 * (1 - 2 / 4) ** 0.9) and lrs[3] < lrs[2]
+
+
+def test_pretrained_initialises_from_another_run(toy_home):
+    source = train_fold(toy_home, "Toy", "3d_fullres", 0, epochs=1, iters_per_epoch=1, **FAST)
+    weights = load_checkpoint(source / FINAL)["network_weights"]
+    folder = train_fold(toy_home, "Toy", "3d_fullres", 1, epochs=0, pretrained=source / FINAL, **FAST)
+    loaded = load_checkpoint(folder / FINAL)["network_weights"]
+    assert all(torch.equal(weights[k], loaded[k]) for k in weights)  # 0 epochs: the weights are the source's
+
+
+def test_train_command_runs(toy_home, capsys):
+    code = main(["train", "Toy", "2d", "0", "--home", str(toy_home.root), "--epochs", "1", "--iters-per-epoch", "1",
+                 "--device", "cpu", "--seed", "1", "--num-workers", "0", "--no-bf16"])
+    assert code == 0
+    folder = toy_home.results / "Dataset901_Toy" / "Base__plans__2d" / "fold_0"
+    assert load_checkpoint(folder / FINAL)["init_args"]["settings"]["cpu_bf16"] is False
+
+
+def test_final_validation_is_skipped_and_said_so_without_the_inference_stage(toy_home, monkeypatch):
+    monkeypatch.setattr(final_validation, "INFERENCE_MODULE", "medseg_auto.not_there.validation")
+    folder = train_fold(toy_home, "Toy", "2d", 2, epochs=1, iters_per_epoch=1, **FAST)
+    summary = json.loads((folder / "validation" / "summary.json").read_text())
+    assert summary["skipped"] is True and "not available" in summary["reason"] and len(summary["case_ids"]) >= 1
