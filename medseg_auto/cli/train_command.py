@@ -16,6 +16,7 @@ examples:
   medseg-auto train Hippocampus 2d all -tr NoMirroring --epochs 50
   medseg-auto train Hippocampus 3d_fullres 0 -tr FewEpochs --device cpu
   medseg-auto train Hippocampus 3d_fullres 0 --continue          # resume after a crash or kill
+  medseg-auto train BreastUS 2d 0 --pretrained results/.../checkpoint_final.pt   # fine-tune
   torchrun --nproc_per_node 2 -m medseg_auto train Hippocampus 3d_fullres 0   # DDP
 
 Results: results/NAME/TRAINER__PLANS__CONFIG/fold_F/ with training_log.txt, progress.csv,
@@ -94,6 +95,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-bf16", action="store_true", help="train in float32 on CPU (default: bf16 autocast)")
     parser.add_argument("--val-best", action="store_true", help="final validation with checkpoint_best")
     parser.add_argument("--npz", action="store_true", help="save softmax probabilities in the final validation")
+    parser.add_argument("--network", default="dynunet",
+                        help="network variant, usable with any trainer (see 'medseg-auto trainers'); a "
+                             "non-default one is added to the results folder name: TRAINER-NETWORK__PLANS__CONFIG")
     add_home_argument(parser)
     add_logging_arguments(parser)
     parser.set_defaults(handler=run, trainer_option_dests=[])
@@ -114,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         continue_training=args.continue_training, pretrained=args.pretrained, device=args.device,
         seed=args.seed, num_workers=args.num_workers, cpu_bf16=False if args.no_bf16 else None,
         val_best=args.val_best, save_probabilities=args.npz, trainer_options=options,
+        network=args.network,
     )
     log.info("results: %s", folder)
     return 0

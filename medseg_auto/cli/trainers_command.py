@@ -25,10 +25,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medseg_auto.training.network_registry import available_networks
     from medseg_auto.training.registry import available_trainers
 
     trainers = available_trainers()
-    width = max((len(name) for name in trainers), default=0)
+    networks = available_networks()
+    width = max((len(name) for name in [*trainers, *networks]), default=0)
+    print("trainers (-tr NAME):")
     for name, spec in trainers.items():
-        print(f"{name:<{width}}  {spec.description}")
+        print(f"  {name:<{width}}  {spec.description}")
+    print("networks (--network NAME, with any trainer):")
+    for name, network in networks.items():
+        print(f"  {name:<{width}}  {network.description}")
     return 0

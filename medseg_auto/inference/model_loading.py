@@ -13,7 +13,7 @@ from medseg_auto.errors import MedsegError
 from medseg_auto.inference.predict import LoadedModel
 from medseg_auto.planning.plans import PLANS_FILE_NAME, Plans
 from medseg_auto.training.checkpoint import load_checkpoint
-from medseg_auto.training.network import build_dynunet
+from medseg_auto.training.network_registry import DEFAULT_NETWORK, build_registered_network
 from medseg_auto.training.registry import get_trainer
 
 CHECKPOINT_FILES = {"final": "checkpoint_final.pt", "best": "checkpoint_best.pt", "latest": "checkpoint_latest.pt"}
@@ -47,7 +47,9 @@ def load_fold(folder: Path, fold: str, checkpoint: str = "final") -> LoadedModel
     network = next((n for n in (m.build_network(plans, config) for m in methods) if n is not None), None)
     if network is None:
         deep_supervision = bool((init_args.get("settings") or {}).get("deep_supervision", True))
-        network = build_dynunet(config, plans.num_input_channels, plans.num_classes, deep_supervision)
+        network_name = str(payload.get("network_name") or DEFAULT_NETWORK)
+        network = build_registered_network(network_name, config, plans.num_input_channels, plans.num_classes,
+                                           deep_supervision)
     try:
         network.load_state_dict(payload["network_weights"])
     except RuntimeError as error:

@@ -18,6 +18,8 @@ hook                               combination
 ``trainable_modules()``            all; their parameters join the default optimizer
 ``extra_loss(...)``                summed into the segmentation loss; logs merged
 ``make_sampler(info)``             the first non-``None`` wins; else uniform over cases
+                                   (rebuilt every epoch if ``sampler_changes_per_epoch``)
+``transform_batch(batch, epoch)``  chained in order on every training batch, before forward
 ``make_optimizer(params)``         the first non-``None`` wins; else SGD + poly LR
 ``on_epoch_start/end``             all, in order
 ``extra_checkpoint_state``         stored per method class name, restored to the same class
@@ -27,7 +29,8 @@ hook                               combination
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -80,10 +83,13 @@ class TrainingSettings:
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What a sampler may know about the training cases of the fold: ids and their sites."""
+    """What a sampler may know: the fold's training case ids, their sites, and (for samplers
+    whose method sets ``sampler_changes_per_epoch``) the epoch it is built for."""
 
     case_ids: list[str]
     sites: dict[str, str | None]
+    epoch: int = 0
+    num_epochs: int = 1
 
     def cases_by_site(self) -> dict[str | None, list[str]]:
         groups: dict[str | None, list[str]] = {}
@@ -111,7 +117,10 @@ class TrainingContext:
     count of every tap name (see :mod:`medseg_auto.training.network`), so a method can size a
     discriminator or projection head for the features it asked for. For a network that is not
     a DynUNet (from ``build_network``) taps are its ``named_modules()`` names and
-    ``tap_channels`` is empty.
+    ``tap_channels`` is empty. ``cache`` (a :class:`~medseg_auto.preprocessing.cache.PreprocessedCache`),
+    ``train_case_ids`` and ``sites`` let a method read training cases itself (e.g. to embed
+    features once per epoch); ``pretrained_checkpoint`` is ``--pretrained`` (e.g. to carry its
+    optimizer state over); ``settings`` are the final training settings.
     """
 
     plans: Plans
@@ -122,6 +131,12 @@ class TrainingContext:
     tap_channels: dict[str, int]
     rank: int = 0
     world_size: int = 1
+    cache: Any = None
+    train_case_ids: list[str] = field(default_factory=list)
+    sites: dict[str, str | None] = field(default_factory=dict)
+    output_folder: Path | None = None
+    pretrained_checkpoint: Path | None = None
+    settings: TrainingSettings | None = None
 
 
 class DomainMethod:
@@ -167,9 +182,22 @@ class DomainMethod:
         """The method's own modules to train with the network (e.g. a discriminator)."""
         return ()
 
+    #: True when :meth:`make_sampler` depends on ``info.epoch``: the trainer then rebuilds the
+    #: training loader (and its workers) at the start of every epoch.
+    sampler_changes_per_epoch: bool = False
+
     def make_sampler(self, info: DatasetInfo) -> CaseSampler | None:
         """A case sampler (``sample_batch(rng, batch_size) -> list[case_id]``), or None for uniform."""
         return None
+
+    def transform_batch(self, batch: dict[str, Any], epoch: int) -> dict[str, Any]:
+        """Change an augmented training batch in the main process, before it reaches the device.
+
+        ``batch``: ``data`` float32 tensor ``(B, C, *patch)``, ``target`` int tensor
+        ``(B, 1, *patch)``, ``case_ids`` and ``sites`` lists. For augmentations that need the
+        whole batch (e.g. mixing amplitudes across sites). Validation batches are never passed.
+        """
+        return batch
 
     def make_optimizer(self, params: list[nn.Parameter]) -> OptimizerSetup | None:
         """An optimizer over ``params`` (network + trainable modules), or None for SGD + poly."""

@@ -33,6 +33,7 @@ from medseg_auto.training.final_validation import VALIDATION_FOLDER, FinalValida
 from medseg_auto.training.hooks import TrainingSettings
 from medseg_auto.training.progress import TRAINING_LOG, training_log_file
 from medseg_auto.training.registry import get_trainer
+from medseg_auto.training.network_registry import DEFAULT_NETWORK, available_networks
 from medseg_auto.training.trainer import Trainer, TrainingJob
 from medseg_auto.utils.logging_setup import get_logger
 
@@ -43,6 +44,12 @@ log = get_logger("training.run")
 def trainer_folder_name(trainer_name: str, plans_name: str, configuration: str) -> str:
     """``TRAINER__PLANS__CONFIG`` (nnU-Net's naming)."""
     return f"{trainer_name}__{plans_name}__{configuration}"
+
+
+def experiment_trainer_name(trainer_name: str, network: str = DEFAULT_NETWORK) -> str:
+    """The trainer part of the results folder: ``TRAINER``, or ``TRAINER-NETWORK`` for a
+    non-default ``--network`` (two networks must not share a folder)."""
+    return trainer_name if network == DEFAULT_NETWORK else f"{trainer_name}-{network}"
 
 
 def fold_folder_name(fold: int | str) -> str:
@@ -69,18 +76,24 @@ def train_fold(
     save_probabilities: bool = False,
     trainer_options: Mapping[str, Any] | None = None,
     settings_overrides: Mapping[str, Any] | None = None,
+    network: str = DEFAULT_NETWORK,
 ) -> Path:
     """Train one fold (``0..4`` or ``"all"``) and return its results folder.
 
     ``epochs``, ``iters_per_epoch``, ``val_iters_per_epoch``, ``num_workers``, ``cpu_bf16``
     and ``settings_overrides`` (any :class:`~medseg_auto.training.hooks.TrainingSettings`
     field) override the trainer's settings when given. ``trainer_options`` are the values of
-    the trainer's own options (``add_cli_arguments``). ``seed=None`` draws one (recorded in the
+    the trainer's own options (``add_cli_arguments``). ``network`` names a registered network
+    (:mod:`~medseg_auto.training.network_registry`). ``seed=None`` draws one (recorded in the
     checkpoints; ``--continue`` reuses it).
     """
     if continue_training and pretrained is not None:
         raise MedsegError("--continue and --pretrained exclude each other: a resumed run already has its weights")
     spec = get_trainer(trainer_name)  # first: a typo should not wait for the data to load
+    if network not in available_networks():
+        raise MedsegError(f"unknown network '{network}'; available: {', '.join(available_networks())}")
+    if pretrained is not None and not Path(pretrained).is_file():
+        raise MedsegError(f"--pretrained {pretrained}: no such checkpoint file")
     methods = spec.create_methods(dict(trainer_options or {}))
     home = home if isinstance(home, DataHome) else DataHome.resolve(home)
     fold = _parse_fold(fold)
@@ -101,7 +114,7 @@ def train_fold(
     init_process_group(torch_device, context)
     try:
         seed = _shared_seed(seed, context, torch_device)
-        experiment = home.results_dataset(dataset_name) / trainer_folder_name(spec.name, plans_name, configuration)
+        experiment = home.results_dataset(dataset_name) / trainer_folder_name(experiment_trainer_name(spec.name, network), plans_name, configuration)
         output = experiment / fold_folder_name(fold)
         if context.is_main:
             output.mkdir(parents=True, exist_ok=True)
@@ -110,7 +123,9 @@ def train_fold(
             plans=plans, configuration_name=configuration, cache=cache, train_case_ids=train_ids,
             val_case_ids=val_ids, sites=sites, output_folder=output, trainer_name=spec.name, seed=seed,
             init_args={"dataset": dataset_name, "configuration": configuration, "fold": str(fold),
-                       "plans_name": plans_name, "trainer_name": spec.name, "device": str(torch_device)},
+                       "plans_name": plans_name, "trainer_name": spec.name, "device": str(torch_device),
+                       "network": network},
+            pretrained=Path(pretrained) if pretrained is not None else None, network_name=network,
         )
         overrides = _settings_overrides(epochs, iters_per_epoch, val_iters_per_epoch, num_workers, cpu_bf16,
                                         settings_overrides)

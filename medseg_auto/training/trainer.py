@@ -44,7 +44,8 @@ from medseg_auto.training.distributed import (
 )
 from medseg_auto.training.hooks import DatasetInfo, DomainMethod, OptimizerSetup, TrainingContext, TrainingSettings
 from medseg_auto.training.loss import build_loss
-from medseg_auto.training.network import FeatureTaps, build_dynunet, cpu_bf16_is_safe, tap_channels
+from medseg_auto.training.network import FeatureTaps, cpu_bf16_is_safe, tap_channels
+from medseg_auto.training.network_registry import DEFAULT_NETWORK, build_registered_network
 from medseg_auto.training.progress import (
     PROGRESS_CSV, PROGRESS_PNG, ProgressLog, confusion_counts, dice_from_counts, nanmean,
 )
@@ -67,6 +68,8 @@ class TrainingJob:
     trainer_name: str = "Base"
     seed: int = 12345
     init_args: dict[str, Any] | None = None
+    pretrained: Path | None = None
+    network_name: str = DEFAULT_NETWORK
 
     @property
     def configuration(self) -> ConfigurationPlan:
@@ -110,8 +113,8 @@ class Trainer:
         torch.manual_seed(self.job.seed)
         network = _first(m.build_network(plans, configuration) for m in self.methods)
         if network is None:
-            network = build_dynunet(configuration, plans.num_input_channels, plans.num_classes,
-                                    self.settings.deep_supervision)
+            network = build_registered_network(self.job.network_name, configuration, plans.num_input_channels,
+                                               plans.num_classes, self.settings.deep_supervision)
         self.network = network.to(self.device)
         taps = sorted({name for m in self.methods for name in m.feature_taps()})
         self.taps = FeatureTaps(self.network, taps) if taps else None
@@ -119,6 +122,8 @@ class Trainer:
             plans=plans, configuration=configuration, network=self.network, device=self.device,
             num_classes=plans.num_classes, tap_channels=tap_channels(self.network),
             rank=self.distributed.rank, world_size=self.distributed.world_size,
+            cache=self.job.cache, train_case_ids=list(self.job.train_case_ids), sites=dict(self.job.sites),
+            output_folder=self.job.output_folder, pretrained_checkpoint=self.job.pretrained, settings=self.settings,
         )
         for method in self.methods:
             method.setup(context)
@@ -162,25 +167,37 @@ class Trainer:
         return contextlib.nullcontext()
 
     # ----- data --------------------------------------------------------------------------------
-    def _loaders(self) -> tuple[BatchLoader, BatchLoader]:
+    def _loader_arguments(self) -> dict[str, Any]:
         job, s = self.job, self.settings
-        configuration = job.configuration
-        info = DatasetInfo(list(job.train_case_ids), {c: job.sites.get(c) for c in job.train_case_ids})
-        sampler = _first(m.make_sampler(info) for m in self.methods)
-        batch_size = rank_batch_size(s.batch_size or configuration.batch_size, self.distributed)
+        batch_size = rank_batch_size(s.batch_size or job.configuration.batch_size, self.distributed)
         seed = int(np.random.SeedSequence([job.seed, self.current_epoch]).generate_state(1)[0] % 2**31)
-        common = dict(batch_size=batch_size, oversample_foreground_percent=s.oversample_foreground_percent,
-                      num_workers=s.num_workers, seed=seed, rank=self.distributed.rank,
-                      world_size=self.distributed.world_size)
-        mirror = self.mirror_axes
-        train = make_training_loader(job.cache, job.train_case_ids, configuration, case_sampler=sampler,
-                                     mirror_axes=mirror, **common)
-        val = make_validation_loader(job.cache, job.val_case_ids, configuration, **common)
+        return dict(batch_size=batch_size, oversample_foreground_percent=s.oversample_foreground_percent,
+                    num_workers=s.num_workers, seed=seed, rank=self.distributed.rank,
+                    world_size=self.distributed.world_size)
+
+    def _training_loader(self) -> BatchLoader:
+        job = self.job
+        info = DatasetInfo(list(job.train_case_ids), {c: job.sites.get(c) for c in job.train_case_ids},
+                           epoch=self.current_epoch, num_epochs=self.settings.num_epochs)
+        sampler = _first(m.make_sampler(info) for m in self.methods)
+        return make_training_loader(job.cache, job.train_case_ids, job.configuration, case_sampler=sampler,
+                                    mirror_axes=self.mirror_axes, **self._loader_arguments())
+
+    def _loaders(self) -> tuple[BatchLoader, BatchLoader]:
+        train = self._training_loader()
+        val = make_validation_loader(self.job.cache, self.job.val_case_ids, self.job.configuration,
+                                     **self._loader_arguments())
         return train, val
+
+    @property
+    def sampler_changes_per_epoch(self) -> bool:
+        return any(m.sampler_changes_per_epoch for m in self.methods)
 
     # ----- steps -------------------------------------------------------------------------------
     def train_step(self, batch: Mapping[str, Any]) -> tuple[float, dict[str, float]]:
         """One SGD step on ``batch`` (``data`` (B, C, *patch), ``target`` (B, 1, *patch)); returns losses."""
+        for method in self.methods:
+            batch = method.transform_batch(dict(batch), self.current_epoch)
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"].to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
@@ -229,8 +246,12 @@ class Trainer:
     def fit(self) -> None:
         """Train from ``current_epoch`` to ``num_epochs``; write ``checkpoint_final.pt`` at the end."""
         train_loader, val_loader = self._loaders()
+        first_epoch = self.current_epoch
         try:
             while self.current_epoch < self.settings.num_epochs:
+                if self.sampler_changes_per_epoch and self.current_epoch > first_epoch:
+                    train_loader.close()  # the sampler's schedule moved on: new workers, new sampler
+                    train_loader = self._training_loader()
                 self.run_epoch(train_loader, val_loader)
         finally:
             train_loader.close()
@@ -322,6 +343,7 @@ class Trainer:
             "best_ema": self.best_ema,
             "rng_states": ckpt.capture_rng_states(),
             "trainer_name": job.trainer_name,
+            "network_name": job.network_name,
             "init_args": {**(job.init_args or {}), "settings": asdict(self.settings), "seed": job.seed,
                           "method_options": {type(m).__name__: dict(m.options) for m in self.methods}},
             "plans_name": job.plans.plans_name,
