@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from medseg_auto.dataset.dataset_json import DatasetSpec
+from medseg_auto.errors import PlansError
 from medseg_auto.planning.memory_estimate import conv_feature_map_size
 from medseg_auto.planning.plans import ConfigurationPlan, NetworkPlan, Plans, ResamplingPlan
 from medseg_auto.planning.presets import PlannerPreset
@@ -42,6 +43,18 @@ def fullres_target_spacing(spacings: np.ndarray, shapes: np.ndarray, anisotropy_
             coarse = max(max(target[others]), coarse) + 1e-5
         target[worst] = coarse
     return target
+
+
+def coarsened_spacing(target: np.ndarray, shapes: np.ndarray, scale: float) -> np.ndarray:
+    """``target * scale`` on every axis that has more than one voxel (a 2D image's dummy axis
+    keeps its spacing). ``scale > 1`` is what the ``cpu_coarse`` preset uses: fewer voxels per
+    case, so experiments with many training runs fit a CPU budget (nnU-Net has no such knob)."""
+    if scale == 1.0:
+        return target
+    if scale <= 0:
+        raise PlansError(f"preset spacing_scale must be positive, got {scale}")
+    has_extent = np.median(shapes, axis=0) > 1
+    return np.where(has_extent, target * scale, target)
 
 
 def transpose_for(target_spacing: np.ndarray) -> tuple[list[int], list[int]]:
@@ -110,6 +123,7 @@ def plan_experiment(fingerprint: dict[str, Any], spec: DatasetSpec, preset: Plan
     spacings = np.asarray(fingerprint["spacings"], dtype=float)
     shapes = np.asarray(fingerprint["shapes_after_crop"], dtype=float)
     target = fullres_target_spacing(spacings, shapes, preset.anisotropy_threshold)
+    target = coarsened_spacing(target, shapes, preset.spacing_scale)
     forward, backward = transpose_for(target)
     new_shapes = np.array([compute_new_shape(s, sp, target) for s, sp in zip(shapes, spacings)])
     median_shape = np.median(new_shapes, axis=0)[forward]

@@ -43,6 +43,7 @@ class PlannerPreset:
     max_dataset_covered: float = 0.05
     lowres_creation_threshold: float = 0.25
     anisotropy_threshold: float = 3.0
+    spacing_scale: float = 1.0
     configurations: list[str] = field(default_factory=lambda: ["2d", "3d_fullres", "3d_lowres"])
 
     @classmethod

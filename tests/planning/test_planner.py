@@ -142,3 +142,13 @@ def test_plans_schema_lists_every_field_of_the_dataclasses():
     configuration = schema["$defs"]["configuration"]["properties"]
     assert {f.name for f in fields(ConfigurationPlan)} == set(configuration)
     assert {f.name for f in fields(NetworkPlan)} == set(configuration["network"]["properties"])
+
+
+def test_coarse_preset_doubles_the_spacing_of_real_axes_only():
+    fingerprint = _fingerprint([[999.0, 1.0, 1.0]] * 4, [[1, 240, 280]] * 4)
+    default = plan_experiment(fingerprint, _spec({"background": 0, "lesion": 1}, "US"), load_preset("default"))
+    coarse = plan_experiment(fingerprint, _spec({"background": 0, "lesion": 1}, "US"), load_preset("cpu_coarse"))
+    assert default.configuration("2d").spacing == [1.0, 1.0]
+    assert coarse.configuration("2d").spacing == [2.0, 2.0]
+    assert coarse.configuration("2d").median_image_size_in_voxels == [120.0, 140.0]
+    assert coarse.plans_name == "plans_cpu_coarse"
