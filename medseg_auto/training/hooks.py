@@ -175,7 +175,8 @@ class DomainMethod:
         """Build the method's own modules (on ``context.device``) once the network exists."""
 
     def feature_taps(self) -> Sequence[str]:
-        """Tap names whose outputs :meth:`extra_loss` receives (e.g. ``("bottleneck",)``)."""
+        """Tap names whose outputs :meth:`extra_loss` receives (e.g. ``("bottleneck",)``); asked
+        after :meth:`setup`, so the names may depend on the network (e.g. its last decoder stage)."""
         return ()
 
     def trainable_modules(self) -> Iterable[nn.Module]:

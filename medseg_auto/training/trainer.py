@@ -116,8 +116,6 @@ class Trainer:
             network = build_registered_network(self.job.network_name, configuration, plans.num_input_channels,
                                                plans.num_classes, self.settings.deep_supervision)
         self.network = network.to(self.device)
-        taps = sorted({name for m in self.methods for name in m.feature_taps()})
-        self.taps = FeatureTaps(self.network, taps) if taps else None
         context = TrainingContext(
             plans=plans, configuration=configuration, network=self.network, device=self.device,
             num_classes=plans.num_classes, tap_channels=tap_channels(self.network),
@@ -127,6 +125,9 @@ class Trainer:
         )
         for method in self.methods:
             method.setup(context)
+        # asked after setup, so a method can choose its taps from the network it was shown
+        taps = sorted({name for m in self.methods for name in m.feature_taps()})
+        self.taps = FeatureTaps(self.network, taps) if taps else None
         self.method_parameters = [p for m in self.methods for module in m.trainable_modules() for p in module.parameters()]
         self.parameters = [*self.network.parameters(), *self.method_parameters]
         setup = _first(m.make_optimizer(self.parameters) for m in self.methods) or self._default_optimizer()
