@@ -16,6 +16,7 @@ A registered trainer is a :class:`TrainerSpec`: a name, a one-line description a
 
 ``"A+B"`` combines registered trainers: their methods run together, in that order. The name
 (with the ``+``) is what the results folder and the checkpoint record.
+:func:`register_combined_trainer` gives such a combination its own name.
 """
 
 from __future__ import annotations
@@ -84,6 +85,21 @@ def register_trainer(name: str | None = None, description: str | None = None) ->
         return method_class
 
     return decorate
+
+
+def register_combined_trainer(name: str, methods: tuple[type[DomainMethod], ...], description: str) -> TrainerSpec:
+    """Register ``name`` as a trainer running several method classes together, in that order
+    (what ``-tr A+B`` does, under one name, e.g. a paper's method on top of its baseline)."""
+    if COMBINE in name:
+        raise ValueError(f"trainer name {name!r} must not contain {COMBINE!r}")
+    if not methods or not all(isinstance(m, type) and issubclass(m, DomainMethod) for m in methods):
+        raise TypeError(f"register_combined_trainer expects DomainMethod subclasses, got {methods!r}")
+    spec = TrainerSpec(name, description, tuple(methods))
+    existing = _REGISTRY.get(name)
+    if existing is not None and existing.methods != spec.methods:
+        raise ValueError(f"trainer name {name!r} is already registered by {existing.methods[0].__module__}")
+    _REGISTRY[name] = spec
+    return spec
 
 
 def available_trainers() -> dict[str, TrainerSpec]:
