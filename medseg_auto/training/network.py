@@ -89,11 +89,13 @@ def build_dynunet(
     in_channels: int,
     num_classes: int,
     deep_supervision: bool = True,
+    network_class: type[DeepSupervisedDynUNet] = DeepSupervisedDynUNet,
 ) -> DeepSupervisedDynUNet:
     """The plans' network: kernel sizes, strides and features per stage from ``configuration.network``.
 
     ``deep_supervision`` is honoured only when the network has at least 4 stages (a 3-stage
-    network has no head nnU-Net would weight).
+    network has no head nnU-Net would weight). ``network_class``: a subclass that replaces
+    blocks (see :mod:`.networks`) gets the same arguments.
     """
     network = configuration.network
     if network.network_class != "DynUNet":
@@ -106,7 +108,7 @@ def build_dynunet(
     if network.n_stages < 3:
         raise PlansError(f"DynUNet needs at least 3 stages, the plans have {network.n_stages}")
     heads = deep_supervision_heads(network.n_stages) if deep_supervision else 0
-    return DeepSupervisedDynUNet(
+    return network_class(
         spatial_dims=configuration.spatial_dims,
         in_channels=in_channels,
         out_channels=num_classes,
