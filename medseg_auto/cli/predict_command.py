@@ -44,6 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
     parser.add_argument("--no-postprocessing", action="store_true", help="ignore postprocessing.json")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--fp32", action="store_true",
+                        help="float32 throughout (default: fp16 autocast on CUDA, bf16 on a CPU with native bf16)")
     parser.add_argument("-np", "--num-processes", type=int, default=1, help="export worker processes")
     add_home_argument(parser)
     add_logging_arguments(parser)
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     options = PredictionOptions(
         step_size=args.step, use_mirroring=not args.no_mirroring, save_probabilities=args.save_probabilities,
         overwrite=args.overwrite, device=args.device, export_workers=args.num_processes,
-        show_progress=not args.no_progress,
+        show_progress=not args.no_progress, use_autocast=False if args.fp32 else None,
     )
     log.info("predicting %s with %s (%s)", args.input, folder.name, ", ".join(m.name for m in models))
     started = time.perf_counter()
