@@ -14,13 +14,13 @@ import secrets
 import shutil
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
 
 from medseg_auto.errors import DatasetError, MedsegError
-from medseg_auto.paths import DataHome
+from medseg_auto.paths import DataHome, check_safe_name
 from medseg_auto.planning.plans import PLANS_FILE_NAME, Plans
 from medseg_auto.preprocessing.cache import PreprocessedCache
 from medseg_auto.training.checkpoint import BEST, FINAL, find_resume_checkpoint, load_checkpoint, load_pretrained_weights
@@ -35,9 +35,11 @@ from medseg_auto.training.progress import TRAINING_LOG, training_log_file
 from medseg_auto.training.registry import get_trainer
 from medseg_auto.training.network_registry import DEFAULT_NETWORK, available_networks
 from medseg_auto.training.trainer import Trainer, TrainingJob
+from medseg_auto.utils.atomic import read_json, write_json_atomic
 from medseg_auto.utils.logging_setup import get_logger
 
 COPIED_FILES = ("dataset.json", "dataset_fingerprint.json")
+SPLIT_FILE = "split.json"  # fold_<tag>/split.json: the case lists of a run with an explicit split
 log = get_logger("training.run")
 
 
@@ -77,8 +79,14 @@ def train_fold(
     trainer_options: Mapping[str, Any] | None = None,
     settings_overrides: Mapping[str, Any] | None = None,
     network: str = DEFAULT_NETWORK,
+    split: tuple[Sequence[str], Sequence[str]] | None = None,
 ) -> Path:
     """Train one fold (``0..4`` or ``"all"``) and return its results folder.
+
+    ``split=(train_ids, val_ids)`` trains on those cases instead of a cross-validation fold;
+    ``fold`` is then a tag naming the run (``fold_<tag>/``; not a number, not ``all``). The
+    validation loss, the pseudo Dice behind ``checkpoint_best`` and the final validation see
+    only ``val_ids``, so an experiment keeps its test cases out of both lists.
 
     ``epochs``, ``iters_per_epoch``, ``val_iters_per_epoch``, ``num_workers``, ``cpu_bf16``
     and ``settings_overrides`` (any :class:`~medseg_auto.training.hooks.TrainingSettings`
@@ -96,7 +104,7 @@ def train_fold(
         raise MedsegError(f"--pretrained {pretrained}: no such checkpoint file")
     methods = spec.create_methods(dict(trainer_options or {}))
     home = home if isinstance(home, DataHome) else DataHome.resolve(home)
-    fold = _parse_fold(fold)
+    fold = _parse_fold(fold) if split is None else _parse_split_tag(fold)
     dataset_name = home.find_dataset(dataset)
     preprocessed = home.preprocessed_dataset(dataset_name)
     plans = Plans.load(preprocessed / f"{plans_name}.json")
@@ -106,7 +114,10 @@ def train_fold(
     if not case_ids:
         raise DatasetError(f"{cache.folder}: no preprocessed cases; run 'medseg-auto plan_and_preprocess {dataset}'")
     sites = {case: cache.load_properties(case).site for case in case_ids}
-    train_ids, val_ids = fold_cases(load_or_create_splits(preprocessed, case_ids, sites), fold)
+    if split is None:
+        train_ids, val_ids = fold_cases(load_or_create_splits(preprocessed, case_ids, sites), fold)
+    else:
+        train_ids, val_ids = _check_split(split, case_ids, cache.folder)
 
     context = context_from_environment()
     torch_device = resolve_device(device, context)
@@ -119,6 +130,8 @@ def train_fold(
         if context.is_main:
             output.mkdir(parents=True, exist_ok=True)
             _copy_dataset_files(preprocessed, plans_name, experiment)
+            if split is not None:
+                _record_split(output / SPLIT_FILE, train_ids, val_ids, continue_training)
         job = TrainingJob(
             plans=plans, configuration_name=configuration, cache=cache, train_case_ids=train_ids,
             val_case_ids=val_ids, sites=sites, output_folder=output, trainer_name=spec.name, seed=seed,
@@ -151,6 +164,36 @@ def _parse_fold(fold: int | str) -> int | str:
         return int(fold)
     except ValueError:
         raise MedsegError(f"fold must be a number (0..4) or 'all', got {fold!r}") from None
+
+
+def _parse_split_tag(tag: int | str) -> str:
+    tag = str(tag)
+    if tag == "all" or tag.isdigit():
+        raise MedsegError(f"a run with an explicit split needs a tag as its fold name, not {tag!r} (that is a cross-validation fold)")
+    return check_safe_name(tag, what="split tag")
+
+
+def _check_split(split: tuple[Sequence[str], Sequence[str]], case_ids: Sequence[str],
+                 cache_folder: Path) -> tuple[list[str], list[str]]:
+    """The split's ``(train, val)`` lists, refused when empty or naming cases the cache lacks."""
+    train_ids, val_ids = [str(c) for c in split[0]], [str(c) for c in split[1]]
+    if not train_ids or not val_ids:
+        raise MedsegError(f"split: {len(train_ids)} training and {len(val_ids)} validation case(s); both lists need cases")
+    unknown = sorted(set(train_ids + val_ids) - set(case_ids))
+    if unknown:
+        raise DatasetError(f"{cache_folder}: split names {len(unknown)} case(s) that are not preprocessed: {', '.join(unknown[:5])}")
+    overlap = set(train_ids) & set(val_ids)
+    if overlap:
+        log.warning("split: %d case(s) are in both the training and the validation list", len(overlap))
+    return train_ids, val_ids
+
+
+def _record_split(path: Path, train_ids: list[str], val_ids: list[str], resuming: bool) -> None:
+    """Write the split next to the checkpoints; a resumed run must train on the same cases."""
+    split = {"train": train_ids, "val": val_ids}
+    if resuming and path.is_file() and find_resume_checkpoint(path.parent) is not None and read_json(path) != split:
+        raise MedsegError(f"{path}: {path.parent} was trained on another split; use another tag or delete the folder")
+    write_json_atomic(path, split)
 
 
 def _shared_seed(seed: int | None, context: DistributedContext, device: torch.device) -> int:
