@@ -14,7 +14,7 @@ SGD): 5.1 s float32 vs 2.6 s bf16 on an idle machine (one step each), 16.2 s vs 
 (medians of 24 steps) with other jobs running. On 25 real Hippocampus batches from the same
 initialisation the bf16 and float32 losses agreed to three decimals (1.870 -> 1.092 both); on
 the toy problem of the tests the curves matched over 200 steps. The loss itself is computed in
-float32. A CPU without native bf16 may be slower with it: turn it off there. One torch bug is
+float32. A CPU without native bf16 (no AVX512-BF16/AMX) would be slower with it, so there it stays off. One torch bug is
 avoided automatically (see :func:`~medseg_auto.training.network.cpu_bf16_is_safe`).
 
 Data streams. Each loader is seeded from ``(seed, first epoch of this process)``, so a run is
@@ -49,6 +49,7 @@ from medseg_auto.training.network_registry import DEFAULT_NETWORK, build_registe
 from medseg_auto.training.progress import (
     PROGRESS_CSV, PROGRESS_PNG, ProgressLog, confusion_counts, dice_from_counts, nanmean,
 )
+from medseg_auto.utils.cpu_features import cpu_has_native_bf16
 from medseg_auto.utils.logging_setup import get_logger
 
 log = get_logger("training")
@@ -137,7 +138,8 @@ class Trainer:
         self.grad_scaler = torch.amp.GradScaler("cuda") if self.device.type == "cuda" else None
         self.loss = build_loss(configuration.batch_dice)
         self.model = wrap_network(self.network, self.device, self.distributed)
-        self.cpu_bf16 = self.device.type == "cpu" and self.settings.cpu_bf16 and cpu_bf16_is_safe(configuration)
+        self.cpu_bf16 = (self.device.type == "cpu" and self.settings.cpu_bf16 and cpu_has_native_bf16()
+                         and cpu_bf16_is_safe(configuration))  # emulated bf16 is slower than float32
 
     def _default_optimizer(self) -> OptimizerSetup:
         s = self.settings
