@@ -15,12 +15,13 @@ from medseg_auto.errors import MedsegError
 COMMAND_MODULES = (
     "medseg_auto.cli.import_msd_command",
     "medseg_auto.cli.import_folder_command",
-    "medseg_auto.cli.verify_command",
+    "medseg_auto.cli.verify_command", "medseg_auto.cli.merge_command",
     "medseg_auto.cli.plan_command",
     "medseg_auto.cli.train_command", "medseg_auto.cli.trainers_command",
     "medseg_auto.cli.predict_command",
-    "medseg_auto.cli.evaluate_command",
+    "medseg_auto.cli.evaluate_command", "medseg_auto.cli.compare_command",
     "medseg_auto.cli.find_best_command", "medseg_auto.cli.ensemble_command", "medseg_auto.cli.report_command",
+    "medseg_auto.cli.experiment_command",
     "medseg_auto.cli.demo_command",
 )
 
