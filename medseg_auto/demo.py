@@ -97,6 +97,48 @@ def configuration_patch_sizes(plans: Any) -> dict[str, list[int]]:
     return sizes
 
 
+DEMO_EPOCHS = 2  # a smoke run of the real recipe: enough to exercise every stage, not to learn
+DEMO_ITERATIONS = 4
+DEMO_PREDICTIONS = "demo_predictions"
+
+
+def demo_configuration(inputs: StageInputs) -> str:
+    """``3d_fullres`` where the plans have it (3D data), else ``2d``."""
+    plans = inputs.previous.get("plan_and_preprocess")
+    names = list(getattr(plans, "configurations", {}) or {})
+    return "3d_fullres" if "3d_fullres" in names else "2d"
+
+
+def demo_fold(inputs: StageInputs) -> int | str:
+    """Fold 0 when 5-fold cross-validation is possible, else ``all`` (tiny demos)."""
+    return 0 if inputs.spec.num_training >= 5 else "all"
+
+
+def report_training(folder: Any) -> StageReport:
+    return StageReport(details={"results": str(folder)}, lines=[f"model and training curves in {folder}"])
+
+
+def demo_predict(module: ModuleType, inputs: StageInputs) -> Path:
+    """Predict the training images with the demo model (a smoke test of ``predict``, written to
+    ``results/<dataset>/demo_predictions``); returns the output folder."""
+    from medseg_auto.inference.model_loading import load_folds
+
+    folder = Path(inputs.previous["train"]).parent
+    output = inputs.home.results_dataset(inputs.dataset_name) / DEMO_PREDICTIONS
+    models = load_folds(folder, None)
+    options = module.PredictionOptions(overwrite=True, show_progress=inputs.show_progress)
+    report = module.predict_folder(inputs.spec.folder / "imagesTr", output, models, None, options)
+    if report.failed:
+        raise DatasetError(f"demo prediction failed for {sorted(report.failed)}")
+    return output
+
+
+def report_evaluation(result: Any) -> StageReport:
+    dice = float(result.summary["foreground_mean"]["dice"])
+    return StageReport(details={"mean_dice": round(dice, 4)},
+                       lines=[f"mean foreground Dice on the training images: {dice:.3f} (a 2-epoch smoke model)"])
+
+
 @dataclass(frozen=True)
 class Stage:
     """One pipeline stage as the demo runs it."""
@@ -117,6 +159,16 @@ STAGES: tuple[Stage, ...] = (
               inputs.home, inputs.dataset_name, configurations=None, preset="default",
               num_processes=inputs.num_processes, show_progress=inputs.show_progress),
           report=report_plans),
+    Stage("train", "medseg_auto.training.run", lambda module, inputs: module.train_fold(
+              inputs.home, inputs.dataset_name, demo_configuration(inputs), demo_fold(inputs),
+              epochs=DEMO_EPOCHS, iters_per_epoch=DEMO_ITERATIONS, seed=0, device="auto"),
+          report=report_training),
+    Stage("predict", "medseg_auto.inference.predict", lambda module, inputs: demo_predict(module, inputs),
+          report=report_done),
+    Stage("evaluate", "medseg_auto.evaluation.evaluate", lambda module, inputs: module.evaluate_folders(
+              inputs.previous["predict"], inputs.spec.folder / "labelsTr", spec=inputs.spec,
+              sites=inputs.spec.sites or None, show_progress=inputs.show_progress),
+          report=report_evaluation),
 )
 
 

@@ -114,7 +114,9 @@ def train_fold(
     if not case_ids:
         raise DatasetError(f"{cache.folder}: no preprocessed cases; run 'medseg-auto plan_and_preprocess {dataset}'")
     sites = {case: cache.load_properties(case).site for case in case_ids}
-    if split is None:
+    if split is None and fold == "all":  # every case trains and validates; no 5-fold split needed
+        train_ids, val_ids = sorted(case_ids), sorted(case_ids)
+    elif split is None:
         train_ids, val_ids = fold_cases(load_or_create_splits(preprocessed, case_ids, sites), fold)
     else:
         train_ids, val_ids = _check_split(split, case_ids, cache.folder)
