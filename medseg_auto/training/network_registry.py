@@ -6,6 +6,9 @@ nn.Module``. The module must behave like
 supervision it returns the heads (full resolution first), in eval mode the logits
 ``(B, K, *patch)``. Subclassing ``DeepSupervisedDynUNet`` and replacing blocks keeps the
 feature taps of :mod:`.network` working, so every domain method can use the new network.
+A network that computes several predictions per training forward (e.g. CateNorm's two
+branches) may also define ``pop_auxiliary_heads() -> list[list[Tensor]]``: the trainer adds
+the segmentation loss of each returned head list to the step's loss.
 
 The name is stored in each checkpoint (``network_name``), so ``predict`` rebuilds the same
 network. Built-in variants live in :mod:`medseg_auto.training.networks` (imported on first

@@ -209,12 +209,19 @@ class Trainer:
             outputs = self.model(data)
             heads = [outputs] if isinstance(outputs, torch.Tensor) else list(outputs)
             loss = self.loss(heads, target)
-            features = self.taps.features if self.taps is not None else {}
+            for auxiliary in _pop_auxiliary_heads(self.network):
+                auxiliary_loss = self.loss(auxiliary, target)
+                loss = loss + auxiliary_loss
+                logs["auxiliary_seg_loss"] = logs.get("auxiliary_seg_loss", 0.0) + float(auxiliary_loss.detach())
+            # a copy: a method that runs the network itself (a second view, target images) must
+            # not overwrite the taps of this batch for the methods after it
+            features = dict(self.taps.features) if self.taps is not None else {}
             for method in self.methods:
                 extra = method.extra_loss(features, heads, target, batch)
                 if extra is not None:
                     loss = loss + extra[0].float()
                     logs.update(extra[1])
+            _pop_auxiliary_heads(self.network)  # drop those of the methods' own forward passes
         if self.taps is not None:
             self.taps.clear()
         if self.grad_scaler is not None:
@@ -395,6 +402,14 @@ class Trainer:
         for method in self.methods:
             method.load_extra_checkpoint_state(states.get(type(method).__name__, {}))
         log.info("resumed from %s at epoch %d", path, self.current_epoch)
+
+
+def _pop_auxiliary_heads(network: torch.nn.Module) -> list[list[torch.Tensor]]:
+    """Further head lists of the last training forward that the segmentation loss supervises
+    too (weight 1 each): a network with two branches per forward (``networks/catenorm.py``)
+    hands the other branch's heads over through ``pop_auxiliary_heads()``; others have none."""
+    pop = getattr(network, "pop_auxiliary_heads", None)
+    return list(pop()) if callable(pop) else []
 
 
 def _first(values: Iterator[Any]) -> Any:
