@@ -1,0 +1,146 @@
+"""``SiteAdversarial``: a site classifier on the bottleneck behind a gradient reversal layer.
+
+Paper: Bevan, Atapour-Abarghouei, "Detecting Melanoma Fairly: Skin Tone Detection and Debiasing
+for Skin Lesion Classification", DART 2022 (reading notes ``NOTES_dart2022.md``, table row 1):
+a secondary "unlearning" head classifies the bias label from the shared features; gradient
+reversal (Ganin and Lempitsky's GRL, as in their LNTL and CLGR heads) multiplies its gradient by
+``-lambda`` on the way into the feature extractor, so the head learns to tell the bias while the
+features learn to hide it. Here the bias label is the case's site (hospital/scanner) and the
+features are the U-Net bottleneck, for pooled multi-site training::
+
+    z = mean over space of bottleneck(x)                     (B, F)
+    L = L_seg + CE(h(GRL_lambda(z)), site)                   h: Linear(F, H) - ReLU - Linear(H, S)
+
+Our choices, not the paper's: a one-hidden-layer head (``--site-hidden 64``; ``0`` gives their
+single fully connected layer; they saw no gain from a deeper one), ``lambda = 0.1`` raised from 0
+with DANN's ramp ``lambda_p = lambda (2 / (1 + exp(-10 p)) - 1)``, ``p = epoch / epochs``
+(``--grl-no-ramp`` for a constant lambda). TABE's confusion loss and LNTL's conditional entropy
+need alternating optimizer steps and are not implemented. Sites are indexed over the training
+cases' sites (sorted); cases without a site do not enter the site loss. Logged per epoch in
+``progress.csv``: ``site_loss``, ``site_accuracy`` (train batches; falls toward the majority-site
+rate as the features lose site information) and ``grl_lambda``. A fold whose training cases come
+from fewer than two sites is refused: there is no site to unlearn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from medseg_auto.errors import MedsegError
+from medseg_auto.training.hooks import DomainMethod, TrainingContext
+from medseg_auto.training.registry import register_trainer
+from medseg_auto.utils.logging_setup import get_logger
+
+log = get_logger("training.site_adversarial")
+BOTTLENECK = "bottleneck"
+IGNORE = -100
+
+
+class _ReverseGradient(torch.autograd.Function):
+    """Identity forward, ``-lambda * grad`` backward (written here: ten lines, not worth a dependency)."""
+
+    @staticmethod
+    def forward(ctx: Any, features: torch.Tensor, strength: float) -> torch.Tensor:
+        ctx.strength = strength
+        return features.view_as(features)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return -ctx.strength * grad, None
+
+
+def reverse_gradient(features: torch.Tensor, strength: float) -> torch.Tensor:
+    """``features`` unchanged; their gradient multiplied by ``-strength`` (any shape)."""
+    return _ReverseGradient.apply(features, float(strength))
+
+
+def ramped_lambda(strength: float, epoch: int, num_epochs: int, ramp: bool = True) -> float:
+    """DANN's schedule ``strength (2 / (1 + exp(-10 p)) - 1)``, ``p = epoch / num_epochs``; constant without ramp."""
+    if not ramp:
+        return strength
+    progress = epoch / max(1, num_epochs)
+    return strength * (2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0)
+
+
+def site_head(channels: int, n_sites: int, hidden: int) -> nn.Module:
+    """``(B, F) -> (B, S)`` logits: one linear layer, or linear - ReLU - linear with ``hidden`` units."""
+    if hidden <= 0:
+        return nn.Linear(channels, n_sites)
+    return nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, n_sites))
+
+
+@register_trainer("SiteAdversarial")
+class SiteAdversarial(DomainMethod):
+    """Site classifier on the bottleneck with gradient reversal (DART 2022 unlearning head, site as bias)."""
+
+    @classmethod
+    def add_cli_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--grl-lambda", type=float, default=0.1,
+                            help="gradient reversal strength: the encoder gets -LAMBDA x the site-loss gradient")
+        parser.add_argument("--grl-no-ramp", action="store_true",
+                            help="constant lambda (default: DANN's ramp from 0 over the epochs)")
+        parser.add_argument("--site-hidden", type=int, default=64,
+                            help="hidden units of the site head (0: one linear layer, as in the paper)")
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(options)
+        self.site_index: dict[str, int] = {}
+        self.head: nn.Module | None = None
+        self.strength = 0.0
+        self.num_epochs = 1
+
+    def setup(self, context: TrainingContext) -> None:
+        sites = sorted({context.sites.get(case) for case in context.train_case_ids} - {None})
+        if len(sites) < 2:
+            raise MedsegError(
+                f"SiteAdversarial needs training cases from at least two sites, this fold has "
+                f"{sites or 'none recorded'}; import each site with 'import-folder --site NAME' (and --append), "
+                "or train with Base")
+        self.site_index = {site: index for index, site in enumerate(sites)}
+        channels = context.tap_channels.get(BOTTLENECK)
+        if channels is None:
+            raise MedsegError("SiteAdversarial needs the network's 'bottleneck' tap (a DynUNet-based network)")
+        self.head = site_head(channels, len(sites), int(self.options["site_hidden"])).to(context.device)
+        self.num_epochs = context.settings.num_epochs if context.settings is not None else 1
+        log.info("SiteAdversarial: %d sites %s, head on %d bottleneck channels", len(sites), sites, channels)
+
+    def feature_taps(self) -> Sequence[str]:
+        return (BOTTLENECK,)
+
+    def trainable_modules(self) -> list[nn.Module]:
+        return [self.head] if self.head is not None else []
+
+    def on_epoch_start(self, epoch: int, logs: dict[str, Any]) -> None:
+        self.strength = ramped_lambda(float(self.options["grl_lambda"]), epoch, self.num_epochs,
+                                      ramp=not self.options["grl_no_ramp"])
+
+    def extra_loss(self, features: Mapping[str, torch.Tensor], logits: Sequence[torch.Tensor], target: torch.Tensor,
+                   batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        pooled = features[BOTTLENECK].flatten(2).mean(dim=2)  # (B, F)
+        scores = self.head(reverse_gradient(pooled, self.strength)).float()  # (B, S)
+        labels = torch.tensor([self.site_index.get(site, IGNORE) if site is not None else IGNORE
+                               for site in batch["sites"]], device=scores.device)
+        known = labels != IGNORE
+        if not bool(known.any()):
+            return scores.sum() * 0.0, {"grl_lambda": self.strength}
+        loss = nn.functional.cross_entropy(scores, labels, ignore_index=IGNORE)
+        accuracy = (scores.argmax(dim=1)[known] == labels[known]).float().mean()
+        return loss, {"site_loss": float(loss.detach()), "site_accuracy": float(accuracy), "grl_lambda": self.strength}
+
+    def extra_checkpoint_state(self) -> dict[str, Any]:
+        """The head's weights and the site order, so ``--continue`` resumes the same classifier."""
+        head = {name: tensor.detach().cpu() for name, tensor in self.head.state_dict().items()} if self.head else {}
+        return {"sites": list(self.site_index), "head": head}
+
+    def load_extra_checkpoint_state(self, state: Mapping[str, Any]) -> None:
+        if not state.get("head") or self.head is None:
+            return
+        if list(state.get("sites", [])) != list(self.site_index):
+            raise MedsegError(f"SiteAdversarial: the checkpoint's sites {state.get('sites')} differ from this "
+                              f"fold's {list(self.site_index)}; the site head cannot be resumed")
+        self.head.load_state_dict(state["head"])
