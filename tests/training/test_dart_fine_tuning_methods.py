@@ -274,3 +274,14 @@ def test_avagrad_trainer_settings_and_checkpoint(two_site_home):
     state = load_checkpoint(folder / FINAL)["optimizer_state"]  # weights_only=True
     group = state["param_groups"][0]
     assert group["eps"] == 0.1 and group["step"] == 4 and group["gamma"] > 0 and group["weight_decay"] == 0.0
+
+
+def test_fine_tune_on_sites_with_octl_trains_on_the_target_only(two_site_home, source_checkpoint):
+    """The paper's OCTL setting: target cases only, source optimizer state; its own results folder."""
+    checkpoint, _ = source_checkpoint
+    SiteRecorder.batches.clear()
+    name = "FineTuneOnSites+OptimizerCarryOver+SiteRecorderTest"
+    folder = train_fold(two_site_home, "Toy", "2d", 0, trainer_name=name, epochs=1, pretrained=checkpoint, trainer_options={"train_sites": ["b"]}, **FAST)
+    assert folder.parent.name.startswith("FineTuneOnSites+OptimizerCarryOver")
+    assert SiteRecorder.batches and all(set(sites) == {"b"} for _, sites in SiteRecorder.batches)
+    assert load_checkpoint(folder / FINAL)["methods_state"]["OptimizerCarryOver"]["carried_parameters"] > 0

@@ -74,7 +74,7 @@ class MixedMinibatchTransfer(DomainMethod):
     @classmethod
     def add_cli_arguments(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--target-site", default=None, metavar="SITE",
-                            help="the site being adapted to; training cases of every other site are the source "
+                            help="the site being adapted to; training cases of every other site (or none) are the source "
                                  "(required; use with --pretrained SOURCE_CHECKPOINT)")
 
     def setup(self, context: TrainingContext) -> None:
@@ -87,7 +87,8 @@ class MixedMinibatchTransfer(DomainMethod):
         groups = info.cases_by_site()
         known = sorted(str(site) for site in groups)
         if not target_site:
-            raise MedsegError(f"MixedMinibatchTransfer needs --target-site (sites of the training cases: {', '.join(known)})")
+            raise MedsegError("MixedMinibatchTransfer needs --target-site "
+                              f"(sites of the training cases: {', '.join(known)})")
         target = groups.get(target_site, [])
         source = [case for site, cases in groups.items() if site != target_site for case in cases]
         if not target:

@@ -20,7 +20,9 @@ and nnU-Net's poly decay runs over the fine-tuning epochs (the paper: 1e-3, x0.1
 60). The source checkpoint is ``--pretrained`` (read with ``weights_only=True``); its optimizer
 must hold exactly this run's parameters in the same order and shapes (the same plans and
 network, no extra trainable modules), otherwise the run stops with the mismatch named.
-Resuming an OCTL run (``--continue``) restores its own optimizer instead.
+Resuming an OCTL run (``--continue``) restores its own optimizer instead. OCTL changes only the
+optimizer; the paper fine-tunes on the target cases alone, which in a merged multi-site dataset
+is ``-tr FineTuneOnSites+OptimizerCarryOver --train-sites TARGET --pretrained SOURCE.pt``.
 """
 
 from __future__ import annotations
