@@ -281,7 +281,8 @@ def test_fine_tune_on_sites_with_octl_trains_on_the_target_only(two_site_home, s
     checkpoint, _ = source_checkpoint
     SiteRecorder.batches.clear()
     name = "FineTuneOnSites+OptimizerCarryOver+SiteRecorderTest"
-    folder = train_fold(two_site_home, "Toy", "2d", 0, trainer_name=name, epochs=1, pretrained=checkpoint, trainer_options={"train_sites": ["b"]}, **FAST)
+    folder = train_fold(two_site_home, "Toy", "2d", 0, trainer_name=name, epochs=1, pretrained=checkpoint,
+                        trainer_options={"train_sites": ["b"]}, **FAST)
     assert folder.parent.name.startswith("FineTuneOnSites+OptimizerCarryOver")
     assert SiteRecorder.batches and all(set(sites) == {"b"} for _, sites in SiteRecorder.batches)
     assert load_checkpoint(folder / FINAL)["methods_state"]["OptimizerCarryOver"]["carried_parameters"] > 0

@@ -74,8 +74,8 @@ class MixedMinibatchTransfer(DomainMethod):
     @classmethod
     def add_cli_arguments(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--target-site", default=None, metavar="SITE",
-                            help="the site being adapted to; training cases of every other site (or none) are the source "
-                                 "(required; use with --pretrained SOURCE_CHECKPOINT)")
+                            help="the site being adapted to; training cases of every other site (or of none) "
+                                 "are the source (required; use with --pretrained SOURCE_CHECKPOINT)")
 
     def setup(self, context: TrainingContext) -> None:
         if context.pretrained_checkpoint is None:
