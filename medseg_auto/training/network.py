@@ -41,7 +41,8 @@ full-resolution one, whose output feeds the final 1x1 convolution.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import contextlib
+from typing import Callable, Iterator, Sequence
 
 import torch
 from monai.networks.nets import DynUNet
@@ -173,6 +174,18 @@ class FeatureTaps:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+
+@contextlib.contextmanager
+def tapped(network: nn.Module, name: str) -> Iterator[FeatureTaps]:
+    """Record tap ``name`` while the block runs (``.features[name]`` holds its last output), for a
+    method that runs the network itself (a second view, target images) and must not rely on the
+    trainer's taps of the training batch."""
+    taps = FeatureTaps(network, [name])
+    try:
+        yield taps
+    finally:
+        taps.remove()
 
 
 def cpu_bf16_is_safe(configuration: ConfigurationPlan) -> bool:

@@ -42,7 +42,7 @@ import argparse
 import contextlib
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -55,7 +55,7 @@ from medseg_auto.training.data.case_samplers import UniformCaseSampler
 from medseg_auto.training.data.image_folder_cache import cache_image_folder
 from medseg_auto.training.data.patch_sampler import PatchSampler
 from medseg_auto.training.hooks import DatasetInfo, DomainMethod, TrainingContext
-from medseg_auto.training.network import tap_modules
+from medseg_auto.training.network import tapped
 from medseg_auto.training.registry import register_trainer
 from medseg_auto.utils.atomic import write_json_atomic
 from medseg_auto.utils.logging_setup import get_logger
@@ -63,17 +63,6 @@ from medseg_auto.utils.logging_setup import get_logger
 log = get_logger("training.aiva")
 TARGET_CACHE_FOLDER = "aiva_target_cache"
 CLUSTERS_FILE = "aiva_clusters.json"
-
-
-@contextlib.contextmanager
-def recording(module: nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Collect ``module``'s outputs while the block runs (a temporary forward hook)."""
-    outputs: list[torch.Tensor] = []
-    handle = module.register_forward_hook(lambda _module, _inputs, output: outputs.append(output))
-    try:
-        yield outputs
-    finally:
-        handle.remove()
 
 
 def pooled(features: torch.Tensor) -> torch.Tensor:
@@ -120,7 +109,6 @@ class IntraSiteVariabilityAlignment(DomainMethod):
         if context.pretrained_checkpoint is None:
             log.warning("AIVA without --pretrained: the paper adapts a model already trained on the source site")
         self.network, self.device = context.network, context.device
-        self.bottleneck = tap_modules(context.network)["bottleneck"]
         configuration = context.configuration
         batch_size = (context.settings.batch_size if context.settings else None) or configuration.batch_size
         self.target_batch = int(self.options.get("aiva_target_batch") or batch_size)
@@ -198,12 +186,12 @@ class IntraSiteVariabilityAlignment(DomainMethod):
         self.network.eval()
         chunks = []
         try:
-            with torch.no_grad(), self._autocast(), recording(self.bottleneck) as outputs:
+            with torch.no_grad(), self._autocast(), tapped(self.network, "bottleneck") as taps:
                 for start in range(0, len(cases), self.embed_batch):
                     stop = start + self.embed_batch
                     self.network(self._patches(sampler, cases[start:stop], seeds[start:stop]))
-                    chunks.append(pooled(outputs[-1]).cpu().numpy())
-                    outputs.clear()
+                    chunks.append(pooled(taps.features["bottleneck"]).cpu().numpy())
+                    taps.clear()
         finally:
             self.network.train(was_training)
         return np.concatenate(chunks)
@@ -224,9 +212,9 @@ class IntraSiteVariabilityAlignment(DomainMethod):
         data = self._patches(self.target_sampler, [self.target_cases[i] for i in chosen], self.target_seeds[chosen])
         clusters = torch.from_numpy(self.target_labels[chosen]).to(self.device)
         calibrating = self.lam is None
-        with torch.no_grad() if calibrating else contextlib.nullcontext(), recording(self.bottleneck) as outputs:
+        with torch.no_grad() if calibrating else contextlib.nullcontext(), tapped(self.network, "bottleneck") as taps:
             self.network(data)
-            raw = alignment_loss(pooled(outputs[-1]), clusters, self.partners, self.valid)
+            raw = alignment_loss(pooled(taps.features["bottleneck"]), clusters, self.partners, self.valid)
         value = float(raw.detach())
         if calibrating:
             self.calibration.append(value)
