@@ -1,0 +1,245 @@
+"""One cell of an experiment: train on explicit cases, predict the test cases, score, mark done.
+
+A cell is one trainer on one split (one fraction and repeat, or one held-out site). Training
+goes through :func:`~medseg_auto.training.run.train_fold` with ``split=(train, val)`` into
+``results/DATASET/TRAINER__PLANS__CONFIG/fold_<tag>/`` (so ``medseg-auto predict -f <tag>``
+works on it too); the test cases are predicted from the preprocessed cache and scored against
+the raw labels by :func:`~medseg_auto.inference.validation.validate_cases` (the numbers
+``medseg-auto evaluate`` gives on the same files), into ``<cell folder>/test_<name>/``.
+
+Resuming. ``<cell folder>/done.json`` is written atomically after the evaluation and holds the
+cell's result row; a cell with it is never run again. A cell without it resumes: training with
+``--continue`` when its fold folder holds a checkpoint (a finished training with a final
+validation is not repeated), then prediction and scoring again from the start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from medseg_auto.dataset.dataset_json import DatasetSpec
+from medseg_auto.errors import MedsegError
+from medseg_auto.paths import DataHome
+from medseg_auto.planning.plans import Plans
+from medseg_auto.preprocessing.cache import PreprocessedCache
+from medseg_auto.training.checkpoint import BEST, FINAL, find_resume_checkpoint
+from medseg_auto.training.network_registry import DEFAULT_NETWORK
+from medseg_auto.utils.atomic import read_json, write_json_atomic
+from medseg_auto.utils.logging_setup import get_logger
+
+DONE_MARKER = "done.json"
+CELL_FILE = "cell.json"
+log = get_logger("experiments.cells")
+
+
+@dataclass
+class TrainingOptions:
+    """How every cell of an experiment trains and predicts.
+
+    ``checkpoint``: ``best`` (the validation-selected ``checkpoint_best.pt``, as the paper's
+    "best-performing model" callbacks; ``final`` when no best was saved) or ``final``.
+    ``device`` and ``num_workers`` do not change results and stay out of :meth:`identity`.
+    """
+
+    configuration: str = "2d"
+    plans_name: str = "plans"
+    epochs: int | None = None
+    iters_per_epoch: int | None = None
+    val_iters_per_epoch: int | None = None
+    trainer_options: dict[str, Any] = field(default_factory=dict)
+    network: str = DEFAULT_NETWORK
+    checkpoint: str = "best"
+    device: str = "auto"
+    num_workers: int | None = None
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that change what a cell computes (stored and compared on resume)."""
+        values = asdict(self)
+        values.pop("device")
+        values.pop("num_workers")
+        return values
+
+
+@dataclass
+class ExperimentData:
+    """The dataset an experiment runs on: raw spec, plans, cache and each case's site."""
+
+    home: DataHome
+    dataset_name: str
+    spec: DatasetSpec
+    plans: Plans
+    cache: PreprocessedCache
+    sites: dict[str, str | None]
+
+    @classmethod
+    def load(cls, home: DataHome, dataset: str, configuration: str, plans_name: str) -> "ExperimentData":
+        """Sites come from the preprocessed cases (what training sees), ``dataset.json`` otherwise."""
+        dataset_name = home.find_dataset(dataset)
+        preprocessed = home.preprocessed_dataset(dataset_name)
+        plans_file = preprocessed / f"{plans_name}.json"
+        if not plans_file.is_file():
+            preset = plans_name[len("plans_"):] if plans_name.startswith("plans_") else "default"
+            raise MedsegError(f"{plans_file}: no plans; run 'medseg-auto plan_and_preprocess {dataset} "
+                              f"--preset {preset}' first (or pass --plans)")
+        plans = Plans.load(plans_file)
+        config = plans.configuration(configuration)
+        cache = PreprocessedCache(preprocessed / config.data_identifier)
+        case_ids = cache.case_ids()
+        if not case_ids:
+            raise MedsegError(f"{cache.folder}: no preprocessed cases; run 'medseg-auto plan_and_preprocess {dataset}'")
+        spec = DatasetSpec.load(home.raw_dataset(dataset_name))
+        sites = {case: cache.load_properties(case).site or spec.sites.get(case) for case in case_ids}
+        return cls(home, dataset_name, spec, plans, cache, sites)
+
+
+@dataclass
+class Cell:
+    """One training run of an experiment and the test sets it is scored on.
+
+    ``key`` names the cell folder (``TRAINER/slug``); ``tag`` the training's fold folder
+    (``fold_<tag>``); ``info`` the experiment's coordinates of the cell (fraction, repeat,
+    held-out site, ...), copied into its result row.
+    """
+
+    key: str
+    trainer: str
+    tag: str
+    train_ids: list[str]
+    val_ids: list[str]
+    test_sets: dict[str, list[str]]
+    seed: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def settings_hash(payload: Mapping[str, Any]) -> str:
+    """Eight hex digits identifying an experiment's settings (part of every cell's tag, so two
+    experiments with different settings never share a training folder)."""
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
+
+
+def read_done(cell_folder: Path) -> dict[str, Any] | None:
+    """The result row of a finished cell, or None."""
+    marker = cell_folder / DONE_MARKER
+    return read_json(marker)["row"] if marker.is_file() else None
+
+
+def run_cell(data: ExperimentData, cell: Cell, options: TrainingOptions, cell_folder: Path) -> tuple[dict[str, Any], bool]:
+    """Run ``cell`` unless its done marker exists; return ``(result row, ran)``."""
+    done = read_done(cell_folder)
+    if done is not None:
+        return done, False
+    started = time.perf_counter()
+    cell_folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(cell_folder / CELL_FILE, asdict(cell))
+    fold_folder = _train(data, cell, options)
+    row: dict[str, Any] = {"trainer": cell.trainer, **cell.info, "n_train": len(cell.train_ids),
+                           "n_val": len(cell.val_ids), "seed": cell.seed}
+    model, checkpoint = _load_model(fold_folder, options.checkpoint)
+    for name, case_ids in cell.test_sets.items():
+        if not case_ids:
+            continue
+        summary = _score(data, model, case_ids, cell_folder / f"test_{name}", options.device)
+        mean = summary.get("foreground_mean", {})
+        row.update({f"dice_{name}": mean.get("dice"), f"iou_{name}": mean.get("iou"), f"n_{name}": len(case_ids)})
+    row.update(checkpoint=checkpoint, fold_folder=str(fold_folder), seconds=round(time.perf_counter() - started, 1))
+    write_json_atomic(cell_folder / DONE_MARKER, {"cell": cell.key, "tag": cell.tag, "row": row})
+    return row, True
+
+
+def _train(data: ExperimentData, cell: Cell, options: TrainingOptions) -> Path:
+    from medseg_auto.training.run import experiment_trainer_name, fold_folder_name, train_fold, trainer_folder_name
+
+    folder = (data.home.results_dataset(data.dataset_name)
+              / trainer_folder_name(experiment_trainer_name(cell.trainer, options.network), options.plans_name,
+                                    options.configuration)
+              / fold_folder_name(cell.tag))
+    if (folder / FINAL).is_file() and (folder / "validation" / "summary.json").is_file():
+        log.info("%s: training finished earlier (%s)", cell.key, folder)
+        return folder
+    resume = find_resume_checkpoint(folder) is not None
+    if resume:
+        log.info("%s: resuming the interrupted training in %s", cell.key, folder)
+    return train_fold(
+        data.home, data.dataset_name, options.configuration, cell.tag, trainer_name=cell.trainer,
+        plans_name=options.plans_name, epochs=options.epochs, iters_per_epoch=options.iters_per_epoch,
+        val_iters_per_epoch=options.val_iters_per_epoch, continue_training=resume, device=options.device,
+        seed=cell.seed, num_workers=options.num_workers, val_best=options.checkpoint == "best",
+        trainer_options=options.trainer_options, network=options.network, split=(cell.train_ids, cell.val_ids),
+    )
+
+
+def _load_model(fold_folder: Path, checkpoint: str):
+    """The trained network of ``fold_folder`` (``best`` falls back to ``final`` when no best exists)."""
+    from medseg_auto.inference.model_loading import load_fold
+
+    chosen = checkpoint if checkpoint != "best" or (fold_folder / BEST).is_file() else "final"
+    if chosen != checkpoint:
+        log.warning("%s: no %s (the validation Dice never improved); testing checkpoint_final", fold_folder, BEST)
+    tag = fold_folder.name[len("fold_"):]
+    return load_fold(fold_folder.parent, tag, chosen), chosen
+
+
+def _score(data: ExperimentData, model, case_ids: list[str], output: Path, device: str) -> dict[str, Any]:
+    """Predict ``case_ids`` from the cache and score them (``output``: predictions, metrics.csv, summary.json)."""
+    from medseg_auto.inference.predict import resolve_device
+    from medseg_auto.inference.validation import validate_cases
+
+    torch_device = resolve_device(device)
+    return validate_cases(model.network.to(torch_device), model.plans, model.config, data.cache, case_ids,
+                          data.spec, output, model.mirror_axes, torch_device, show_progress=False)
+
+
+EXPERIMENT_FILE = "experiment.json"
+
+
+def check_experiment_settings(folder: Path, identity: Mapping[str, Any], extra: Mapping[str, Any]) -> None:
+    """Record ``identity`` (what every cell computes with) in ``folder/experiment.json``; refuse
+    a folder whose cells were computed with other settings. ``extra`` (the trainers, fractions,
+    repeats asked for this time) may change between calls: that only adds or leaves out cells."""
+    path = folder / EXPERIMENT_FILE
+    identity = json.loads(json.dumps(dict(identity), default=str))  # compare as stored (tuples -> lists)
+    if path.is_file():
+        stored = read_json(path).get("identity", {})
+        differing = sorted(key for key in set(stored) | set(identity) if stored.get(key) != identity.get(key))
+        if differing:
+            shown = ", ".join(f"{key}: was {stored.get(key)!r}, now {identity.get(key)!r}" for key in differing)
+            raise MedsegError(f"{path}: this experiment folder holds cells computed with other settings ({shown}); "
+                              "pass another --out, or delete the folder to start over")
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, {"identity": identity, "last_request": dict(extra)})
+
+
+def run_cells(data: ExperimentData, cells: list[tuple[Cell, Path]], options: TrainingOptions,
+              on_progress: Any = None, show_progress: bool = True) -> list[dict[str, Any]]:
+    """Run (or skip, when done) every cell in order; after each one that ran,
+    ``on_progress(rows)`` gets the rows of every finished cell (to rewrite the tables).
+
+    Returns the result rows of all cells. An exception stops the experiment (finished cells
+    keep their markers; rerunning resumes with the cell that failed).
+    """
+    from tqdm import tqdm
+
+    rows: list[dict[str, Any]] = []
+    skipped = 0
+    progress = tqdm(cells, desc="cells", unit="cell", disable=not show_progress)
+    for index, (cell, folder) in enumerate(progress, start=1):
+        progress.set_postfix_str(cell.key)
+        row, ran = run_cell(data, cell, options, folder)
+        rows.append(row)
+        if ran:
+            scores = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("dice_") and v is not None)
+            log.info("cell %d/%d %s: %s (%.0f s)", index, len(cells), cell.key, scores or "no test cases", row["seconds"])
+            if on_progress is not None:
+                on_progress([r for r in (read_done(f) for _, f in cells) if r is not None])
+        else:
+            skipped += 1
+    progress.close()
+    if skipped:
+        log.info("%d of %d cell(s) were done already (done.json) and were not run again", skipped, len(cells))
+    return rows
