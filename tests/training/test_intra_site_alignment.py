@@ -174,7 +174,12 @@ def test_alignment_gradient_reaches_the_encoder_only_and_sampler_keeps_source_si
     assert len(method.source_cases) == 3 and all(context.sites[c] == "a" for c in method.source_cases)
     sampler = method.make_sampler(DatasetInfo(context.train_case_ids, context.sites))
     assert set(sampler.sample_batch(np.random.default_rng(0), 50)) == set(method.source_cases)
+    method.options["aiva_source_patches"] = 2
     method.on_epoch_start(0, {})
+    assert method.epoch_logs["aiva_clusters"] == 2  # capped by the 2 source crops embedded
+    method.options["aiva_source_patches"] = None
+    method.on_epoch_start(0, {})
+    assert method.epoch_logs["aiva_clusters"] == 3
     loss, logs = method.extra_loss({}, [], torch.zeros(1), {})
     assert not loss.requires_grad and logs["aiva_loss"] == 0.0  # calibrating: no alignment loss yet
     method.lam = 1.0
