@@ -189,3 +189,18 @@ def test_alignment_gradient_reaches_the_encoder_only_and_sampler_keeps_source_si
     loss.backward()
     assert context.network.input_block.conv1.conv.weight.grad.abs().sum() > 0
     assert context.network.output_block.conv.conv.weight.grad is None  # the decoder is not involved
+
+
+def test_lambda_survives_a_checkpoint_round_trip():
+    method = IntraSiteVariabilityAlignment()
+    assert method.extra_checkpoint_state() == {"lambda": -1.0, "calibration": []}  # not calibrated yet
+    method.calibration = [0.5, 1.5]
+    method.options["aiva_calibration_steps"] = 2
+    method._set_lambda()
+    assert method.lam == pytest.approx(1.0)
+    resumed = IntraSiteVariabilityAlignment()
+    resumed.load_extra_checkpoint_state(method.extra_checkpoint_state())
+    assert resumed.lam == pytest.approx(1.0) and resumed.calibration == [0.5, 1.5]
+    fresh = IntraSiteVariabilityAlignment()
+    fresh.load_extra_checkpoint_state({"lambda": -1.0, "calibration": [0.2]})
+    assert fresh.lam is None and fresh.calibration == [0.2]  # resumes calibrating
