@@ -25,6 +25,10 @@ Schedule (the paper's warm start, 100 + 75 epochs): ``w = 0`` for the first
 ``round(fd_warmup_fraction * epochs)`` epochs (segmentation loss only; ``L_fd`` is still computed,
 without gradient, and logged), then ``w`` ramps linearly to ``fd_weight`` over the first tenth of
 the remaining epochs (the paper's ``alpha`` "progressively rises from zero") and stays there.
+``fd_weight`` defaults to 0.1: the paper reports no final ``alpha`` values, and with the
+normalised distance each layer's ``L_fd`` is of order 1 (about -1 to 3 on the toy data), like the
+Dice + CE loss, so 0.1 keeps segmentation dominant; worth a sweep (0.03, 0.1, 0.3) on real data.
+The split ``theta`` is trained by the network's optimizer (SGD, same learning rate and decay).
 
 Logged per epoch (``progress.csv``): ``fd_weight`` (``w``), ``fd_loss`` (the weighted sum),
 ``fd/TAP`` (``L_fd`` of each layer, mean over steps that had a valid pair) and ``fd_alpha/TAP``
