@@ -90,7 +90,7 @@ def test_bf16_autocast_forward_and_backward_are_finite():
 
 def test_train_then_predict_rebuilds_disseg_by_name(toy_home_factory):
     home = toy_home_factory(sites=["a", "b"] * 3)
-    folder = train_fold(home, "Toy", "2d", 0, trainer_name="Dispersive", epochs=1, iters_per_epoch=2, device="cpu",
+    folder = train_fold(home, "Toy", "2d", 0, trainer_name="Dispersive", epochs=1, iters_per_epoch=1, device="cpu",
                         seed=0, num_workers=0, network="disseg")
     assert folder.parent.name == "Dispersive-disseg__plans__2d"
     payload = load_checkpoint(folder / FINAL)

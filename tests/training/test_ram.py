@@ -112,10 +112,10 @@ def test_sgcg_ram_combines_both_methods_with_both_option_sets(toy_home_factory):
                                       "--ram-probability", "0.8", "--sgcg-weight", "0.2"])
     assert args.ram_probability == 0.8 and args.sgcg_weight == 0.2
     home = toy_home_factory(sites=["a", "b"] * 3)
-    folder = train_fold(home, "Toy", "3d_fullres", 0, trainer_name="SemanticGuidedContrastiveRAM", epochs=2,
-                        iters_per_epoch=2, device="cpu", seed=0, num_workers=0,
+    folder = train_fold(home, "Toy", "2d", 0, trainer_name="SemanticGuidedContrastiveRAM", epochs=2,
+                        iters_per_epoch=1, device="cpu", seed=0, num_workers=0,
                         trainer_options={"ram_probability": 0.8, "sgcg_weight": 0.2})
-    assert folder.parent.name == "SemanticGuidedContrastiveRAM__plans__3d_fullres"
+    assert folder.parent.name == "SemanticGuidedContrastiveRAM__plans__2d"
     with open(folder / "progress.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert {"ram_mixed", "sgcg_loss"} <= set(rows[0]) and float(rows[1]["sgcg_loss"]) > 0
