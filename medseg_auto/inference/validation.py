@@ -10,16 +10,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from medseg_auto.dataset.dataset_json import DatasetSpec
 from medseg_auto.dataset.image_io import read_segmentation
+from medseg_auto.errors import MedsegError
 from medseg_auto.evaluation.evaluate import EvaluationResult, summarise, tabulate
 from medseg_auto.evaluation.metrics import evaluate_arrays
 from medseg_auto.evaluation.writing import write_evaluation
 from medseg_auto.inference.export import export_prediction
+from medseg_auto.inference.feature_statistics import CaseFeatureRecorder, has_taps
+from medseg_auto.inference.ood import OOD_REFERENCE_FILE
+from medseg_auto.inference.ood_references import save_reference
 from medseg_auto.inference.predict import LoadedModel, PredictionOptions, predict_preprocessed
 from medseg_auto.planning.plans import ConfigurationPlan, Plans
 from medseg_auto.preprocessing.cache import PreprocessedCache
@@ -41,23 +46,38 @@ def validate_cases(
     step_size: float = 0.5,
     save_probabilities: bool = False,
     show_progress: bool = True,
+    ood_reference_file: Path | None = None,
 ) -> dict:
     """Predict and score ``case_ids``; write ``output_folder/{CASE.ext, metrics.csv,
-    summary.json, summary.md}`` and return the summary dict."""
+    summary.json, summary.md}`` and return the summary dict.
+
+    With ``ood_reference_file``, hooks record the cases' early-layer feature statistics during
+    the same prediction pass and the OOD reference (:mod:`.ood`) is written there."""
     output_folder.mkdir(parents=True, exist_ok=True)
     model = LoadedModel(network, plans, config, mirror_axes, "validation")
     options = PredictionOptions(step_size=step_size, device=str(device), show_progress=False)
     device = torch.device(device)
     rows_by_case: dict[str, list[dict]] = {}
     labels = [value for value in spec.label_values if value != 0]
+    recorder = CaseFeatureRecorder() if ood_reference_file is not None and has_taps(network) else None
+    statistics: dict[str, np.ndarray] = {}
     for case_id in tqdm(case_ids, desc="final validation", unit="case", disable=not show_progress):
         data, _, properties = cache.load_case(case_id, mmap=False)
-        probabilities = predict_preprocessed([model], data, options, device)
+        probabilities = predict_preprocessed([model], data, options, device, recorder)
+        if recorder is not None:
+            recorded = recorder.take()
+            if 0 in recorded:
+                statistics[case_id] = recorded[0]
         ending = properties.image_geometry.file_ending
         prediction = export_prediction(probabilities, properties, plans, config,
                                        output_folder / f"{case_id}{ending}", save_probabilities)
         reference, geometry = read_segmentation(spec.folder / "labelsTr" / f"{case_id}{spec.file_ending}")
         rows_by_case[case_id] = evaluate_arrays(prediction, reference, geometry.spacing, labels, geometry.is_2d)
+    if recorder is not None and ood_reference_file is not None:
+        try:  # a by-product: predict makes the reference itself if this fails
+            save_reference(network, statistics, ood_reference_file, "final validation")
+        except (MedsegError, ValueError, ArithmeticError, np.linalg.LinAlgError) as error:
+            log.warning("OOD reference not written to %s: %s", ood_reference_file, error)
     sites = {case: spec.sites[case] for case in case_ids if case in spec.sites} or None
     table = tabulate(rows_by_case, sites)
     names = {value: name for name, value in spec.labels.items()}
@@ -80,4 +100,5 @@ def predict_validation_cases(request) -> dict:
     return validate_cases(
         request.network, plans, config, cache, list(request.case_ids), spec, Path(request.output_folder),
         request.mirror_axes, request.device, save_probabilities=request.save_probabilities,
+        ood_reference_file=Path(request.fold_folder) / OOD_REFERENCE_FILE,
     )
