@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import time
 from pathlib import Path
 
 from medseg_auto.cli.common import HelpFormatter, add_home_argument, add_logging_arguments, resolve_home, start_log
-from medseg_auto.utils.atomic import read_json, write_json_atomic
+from medseg_auto.inference.fda import DEFAULT_BETA, DEFAULT_DONORS
+from medseg_auto.inference.ood import DEFAULT_PERCENTILE
+from medseg_auto.utils.atomic import atomic_path, read_json, write_json_atomic
 from medseg_auto.utils.logging_setup import get_logger
 
 log = get_logger("cli.predict")
+OOD_TABLE = "ood_scores.csv"
 
 EXAMPLES = """\
 examples:
@@ -18,12 +22,28 @@ examples:
   medseg-auto predict -i new_scans/ -o out/ -d Hippocampus -c 3d_fullres -f 0 1 --checkpoint best
   medseg-auto predict -i scan_0000.nii.gz -o out/ -d Hippocampus -c 3d_fullres --no-mirroring
   medseg-auto predict -i images/ -o out/ -d BreastUS -c 2d -tr Base --save-probabilities
+  medseg-auto predict -i stu_images/ -o out_fda/ -d BreastUS -c 2d --fda-source BreastUS --fda-site busi
+  medseg-auto predict -i new_scans/ -o out/ -d Hippocampus -c 3d_fullres --no-ood
 
 Input: a folder in raw-dataset naming (CASE_0000.ext, one file per channel) or plain files
 (one single-channel case each); output: one label file per case with the input's format,
 shape, spacing, origin and direction, plus summary.json. Existing outputs are kept unless
 --overwrite, so an interrupted run resumes. Post-processing chosen by find_best_configuration
 is applied when its postprocessing.json exists next to the folds (turn off with --no-postprocessing).
+
+Out-of-distribution score (after ODEx, DART 2022): every case gets the Mahalanobis distance of its
+early-layer feature statistics (encoder.0/encoder.1, recorded by hooks during the prediction
+itself) to those of the fold's cross-validation cases, in summary.json ("ood") and
+ood_scores.csv; cases above the threshold (the 99th percentile of the validation cases' own
+leave-one-out distances, --ood-percentile) are logged as warnings and marked "flagged". The
+reference is fold_F/ood_reference.json, written by the final validation of training, or made
+here once from the training cache when missing. --no-ood skips all of it.
+
+Fourier domain adaptation (--fda-source, Feather-Light FDA, DART 2022): each case is predicted
+once per style donor (--fda-donors, the source cases most similar to it), with the low-frequency
+Fourier amplitudes (disc of radius --fda-beta x the smaller image edge) replaced by the donor's
+and its phase kept; the softmax is averaged. The donors and their sites are listed in
+summary.json. Takes --fda-donors times as long.
 """
 
 
@@ -47,6 +67,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--fp32", action="store_true",
                         help="float32 throughout (default: fp16 autocast on CUDA, bf16 on a CPU with native bf16)")
     parser.add_argument("-np", "--num-processes", type=int, default=1, help="export worker processes")
+    parser.add_argument("--fda-source", metavar="NAME",
+                        help="Fourier domain adaptation with donors from dataset NAME's preprocessed cases")
+    parser.add_argument("--fda-beta", type=float, default=DEFAULT_BETA,
+                        help="radius of the swapped low-frequency disc, as a fraction of the smaller image edge")
+    parser.add_argument("--fda-donors", type=int, default=DEFAULT_DONORS, help="style donors per case")
+    parser.add_argument("--fda-site", metavar="SITE", help="take donors only from this site of the FDA source")
+    parser.add_argument("--no-ood", action="store_true", help="no out-of-distribution score")
+    parser.add_argument("--ood-percentile", type=float, default=DEFAULT_PERCENTILE,
+                        help="OOD threshold: this percentile of the validation cases' leave-one-out scores")
     add_home_argument(parser)
     add_logging_arguments(parser)
     parser.set_defaults(handler=run)
@@ -55,7 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from medseg_auto.inference.model_loading import experiment_folder, load_folds
     from medseg_auto.inference.postprocessing import PostprocessingPlan
-    from medseg_auto.inference.predict import PredictionOptions, predict_folder
+    from medseg_auto.inference.predict import PredictionOptions, default_autocast, predict_folder, resolve_device
 
     home = resolve_home(args)
     log_file = start_log(args.output, "predict", args)
@@ -71,17 +100,74 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, device=args.device, export_workers=args.num_processes,
         show_progress=not args.no_progress, use_autocast=False if args.fp32 else None,
     )
-    log.info("predicting %s with %s (%s)", args.input, folder.name, ", ".join(m.name for m in models))
+    fda = _fda_adapter(args, home, models) if args.fda_source else None
     started = time.perf_counter()
-    report = predict_folder(args.input, args.output, models, None, options, postprocess)
+    ood = None
+    if not args.no_ood:
+        from medseg_auto.inference.ood_references import make_scorer
+
+        device = resolve_device(args.device)
+        autocast = False if args.fp32 else default_autocast(device)
+        ood = make_scorer(models, folder, home.preprocessed / folder.parent.name, device, autocast, args.ood_percentile)
+    log.info("predicting %s with %s (%s)", args.input, folder.name, ", ".join(m.name for m in models))
+    report = predict_folder(args.input, args.output, models, None, options, postprocess, fda=fda, ood=ood)
     elapsed = time.perf_counter() - started
     summary = {
         "model": str(folder), "folds": [m.name for m in models], "checkpoint": args.checkpoint,
         "mirroring": not args.no_mirroring, "step": args.step, "seconds": round(elapsed, 2),
         "predicted": report.predicted, "skipped_existing": report.skipped_existing, "failed": report.failed,
         "seconds_per_case": {k: round(v, 3) for k, v in report.seconds_per_case.items()}, "log": str(log_file),
+        "fda": _fda_summary(args, fda, report) if fda is not None else None,
+        "ood": _ood_summary(args, ood, report, fda is not None),
     }
+    if ood is not None:
+        _write_ood_table(args.output / OOD_TABLE, report.ood, [m.name for m in models])
     write_json_atomic(args.output / "summary.json", summary)
     log.info("%d predicted, %d kept, %d failed in %.1f s -> %s", len(report.predicted), len(report.skipped_existing),
              len(report.failed), elapsed, args.output)
     return 2 if report.failed else 0
+
+
+def _fda_adapter(args: argparse.Namespace, home, models):
+    from medseg_auto.inference.fda_donors import DonorBank, FdaAdapter, open_source_cache
+
+    model = models[0]
+    cache = open_source_cache(home.preprocessed_dataset(args.fda_source), model.plans, model.config)
+    bank = DonorBank.load(cache, args.fda_site)
+    log.info("FDA: %d donor case(s) in %s%s, beta %g, %d donor(s) per case", len(bank.case_ids), cache.folder,
+             f" (site {args.fda_site})" if args.fda_site else "", args.fda_beta, args.fda_donors)
+    return FdaAdapter(bank, args.fda_beta, args.fda_donors, spatial_axes=2 if model.config.is_2d else 3)
+
+
+def _fda_summary(args: argparse.Namespace, fda, report) -> dict:
+    from medseg_auto.inference.fda_donors import DESCRIPTOR_VERSION
+
+    return {
+        "source": args.fda_source, "cache": str(fda.bank.cache.folder), "site": args.fda_site, "beta": fda.beta,
+        "donors_per_case": fda.donors, "window": "disc of radius beta x min(edge) in the centred spectrum",
+        "similarity": DESCRIPTOR_VERSION, "donors": report.fda_donors,
+    }
+
+
+def _ood_summary(args: argparse.Namespace, ood, report, with_fda: bool) -> dict:
+    if args.no_ood:
+        return {"skipped": "--no-ood"}
+    if ood is None:
+        return {"skipped": "no OOD reference could be made (see the log)"}
+    return {
+        "percentile": ood.percentile, "taps": ood.recorder.taps,
+        "thresholds": {name: round(t, 4) for name, t in zip(ood.names, ood.thresholds) if t is not None},
+        "scored_images": "the input images" + (
+            "; score_fda_adapted: the FDA-adapted images (statistics over all donors)" if with_fda else ""),
+        "flagged": sorted(case for case, entry in report.ood.items() if entry["flagged"]),
+        "cases": report.ood, "table": OOD_TABLE,
+    }
+
+
+def _write_ood_table(path: Path, scores: dict, fold_names: list[str]) -> None:
+    with atomic_path(path, suffix=".csv") as temporary, open(temporary, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["case_id", "ood_score", "threshold", "flagged", "ood_score_fda_adapted", *fold_names])
+        for case_id, entry in sorted(scores.items()):
+            writer.writerow([case_id, entry["score"], entry["threshold"], int(entry["flagged"]),
+                             entry.get("score_fda_adapted", ""), *[entry["per_fold"].get(name, "") for name in fold_names]])

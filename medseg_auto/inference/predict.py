@@ -11,10 +11,11 @@ existing output is skipped unless ``overwrite``, so an interrupted run resumes.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from tqdm import tqdm
 from medseg_auto.dataset.case_loader import load_case_images
 from medseg_auto.errors import MedsegError
 from medseg_auto.inference.export import export_prediction, logits_to_probabilities
+from medseg_auto.inference.feature_statistics import views_per_window
 from medseg_auto.inference.inputs import find_input_cases
 from medseg_auto.inference.sliding_window import predict_logits
 from medseg_auto.paths import safe_child
@@ -31,6 +33,10 @@ from medseg_auto.planning.plans import ConfigurationPlan, Plans
 from medseg_auto.preprocessing.case_pipeline import preprocess_case
 from medseg_auto.utils.cpu_features import cpu_has_native_bf16
 from medseg_auto.utils.logging_setup import get_logger
+
+if TYPE_CHECKING:
+    from medseg_auto.inference.fda_donors import FdaAdapter
+    from medseg_auto.inference.ood_references import OodScorer
 
 log = get_logger("inference")
 
@@ -64,6 +70,14 @@ class PredictionReport:
     skipped_existing: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     seconds_per_case: dict[str, float] = field(default_factory=dict)
+    ood: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fda_donors: dict[str, list[str]] = field(default_factory=dict)
+
+
+class FeatureWatcher(Protocol):
+    """Something that records feature statistics while model ``index`` predicts (see :mod:`.ood`)."""
+
+    def watch(self, index: int, network: nn.Module, views: int) -> ContextManager[None]: ...
 
 
 def resolve_device(device: str) -> torch.device:
@@ -85,29 +99,47 @@ def default_autocast(device: torch.device) -> bool:
 
 
 def predict_preprocessed(
-    models: list[LoadedModel], data: np.ndarray, options: PredictionOptions, device: torch.device
+    models: list[LoadedModel], data: np.ndarray, options: PredictionOptions, device: torch.device,
+    recorder: FeatureWatcher | None = None,
 ) -> np.ndarray:
     """Averaged softmax ``(K, z, y, x)`` of every model for one preprocessed ``data (C, z, y, x)``."""
+    return predict_images(models, [data], options, device, recorder)
+
+
+def predict_images(
+    models: list[LoadedModel], images: list[np.ndarray], options: PredictionOptions, device: torch.device,
+    recorder: FeatureWatcher | None = None,
+) -> np.ndarray:
+    """Softmax ``(K, z, y, x)`` averaged over every model and every image of one case (the FDA
+    views; all ``(C, z, y, x)``). ``recorder`` (OOD feature statistics) watches each model's
+    forward passes through hooks; it reads activations and leaves the prediction unchanged."""
     autocast = default_autocast(device) if options.use_autocast is None else options.use_autocast
     total: np.ndarray | None = None
-    for model in models:
-        logits = predict_logits(
-            model.network, data, model.config.patch_size, model.config.is_2d,
-            model.mirror_axes if options.use_mirroring else None, options.step_size, device, autocast,
-        )
-        probabilities = logits_to_probabilities(logits)
-        total = probabilities if total is None else total + probabilities
+    for index, model in enumerate(models):
+        mirror_axes = model.mirror_axes if options.use_mirroring else None
+        watch = recorder.watch(index, model.network, views_per_window(mirror_axes, True)) if recorder else nullcontext()
+        with watch:
+            for image in images:
+                logits = predict_logits(
+                    model.network, image, model.config.patch_size, model.config.is_2d, mirror_axes,
+                    options.step_size, device, autocast,
+                )
+                probabilities = logits_to_probabilities(logits)
+                total = probabilities if total is None else total + probabilities
     assert total is not None
-    return total / len(models)
+    return total / (len(models) * len(images))
 
 
 def predict_folder(
     input_path: Path, output_folder: Path, models: list[LoadedModel], file_ending: str | None,
     options: PredictionOptions, postprocess: Callable[[np.ndarray], np.ndarray] | None = None,
+    fda: FdaAdapter | None = None, ood: OodScorer | None = None,
 ) -> PredictionReport:
     """Predict every case of ``input_path`` into ``output_folder``; return what happened.
 
-    ``file_ending`` forces the output format; ``None`` keeps each input's own format.
+    ``file_ending`` forces the output format; ``None`` keeps each input's own format. With
+    ``fda`` every case is predicted once per style donor and the softmax averaged (the donors
+    go to ``report.fda_donors``); with ``ood`` every case gets an OOD score (``report.ood``).
     """
     if not models:
         raise MedsegError("no trained model to predict with")
@@ -136,7 +168,7 @@ def predict_folder(
                 if isinstance(loaded, Exception):
                     raise loaded
                 data, properties = loaded
-                probabilities = predict_preprocessed(models, data, options, device)
+                probabilities = _predict_case(case_id, models, data, options, device, fda, ood, report)
                 future = exporter.submit(
                     _export_job, probabilities, properties, plans.to_json(), config.name, todo[case_id][1],
                     options.save_probabilities, postprocess,
@@ -151,6 +183,34 @@ def predict_folder(
         _collect(pending, report, max_pending=0)
     progress.close()
     return report
+
+
+def _predict_case(case_id: str, models: list[LoadedModel], data: np.ndarray, options: PredictionOptions,
+                  device: torch.device, fda: FdaAdapter | None, ood: OodScorer | None,
+                  report: PredictionReport) -> np.ndarray:
+    """The averaged softmax of one case, with FDA views and OOD score when asked for.
+
+    The OOD score always describes the input image, so it means the same with and without FDA:
+    with FDA the network sees only adapted images, so one extra unmirrored pass over the input
+    records its statistics (``1 / (donors x views)`` of the FDA cost); the adapted images'
+    score comes free from the hooks and is kept as ``score_fda_adapted`` (is FDA moving the
+    image towards the training data?).
+    """
+    if fda is None:
+        probabilities = predict_images(models, [data], options, device, ood)
+        _record_ood(case_id, ood.score_case() if ood is not None else None, report)
+        return probabilities
+    images, donors = fda.adapt(data)
+    report.fda_donors[case_id] = donors
+    probabilities = predict_images(models, images, options, device, ood)
+    if ood is not None:
+        adapted = ood.score_case()
+        predict_images(models, [data], replace(options, use_mirroring=False), device, ood)
+        entry = ood.score_case()
+        if entry is not None and adapted is not None:
+            entry["score_fda_adapted"] = adapted["score"]
+        _record_ood(case_id, entry, report)
+    return probabilities
 
 
 def _prefetch(reader: ThreadPoolExecutor, todo: dict, plans: Plans, config: ConfigurationPlan) -> Iterator[tuple[str, Any, float]]:
@@ -209,6 +269,15 @@ def _record_export(case_id: str, future: Future, report: PredictionReport) -> No
     except Exception as error:
         report.failed[case_id] = f"export failed: {error}"
         log.error("case %s: export failed: %s", case_id, error)
+
+
+def _record_ood(case_id: str, score: dict[str, Any] | None, report: PredictionReport) -> None:
+    if score is None:
+        return
+    report.ood[case_id] = score
+    if score["flagged"]:
+        log.warning("case %s looks out of distribution: OOD score %.2f above the threshold %.2f (learned from "
+                    "the cross-validation cases); check its segmentation", case_id, score["score"], score["threshold"])
 
 
 def _ending_of(path: Path) -> str:
