@@ -134,9 +134,11 @@ def open_source_cache(preprocessed_dataset_folder: Path, plans: Plans, config: C
             f"{cache.folder}: no preprocessed cases for FDA donors; run 'medseg-auto plan_and_preprocess "
             f"{preprocessed_dataset_folder.name}' with the model's plans ('{plans.plans_name}')")
     source_plans_file = preprocessed_dataset_folder / f"{plans.plans_name}.json"
-    if source_plans_file.is_file() and Plans.load(source_plans_file).dataset_name != plans.dataset_name:
-        source = Plans.load(source_plans_file).configuration(config.name)
-        if (list(source.spacing), list(source.normalization_schemes)) != (list(config.spacing), list(config.normalization_schemes)):
+    source_plans = Plans.load(source_plans_file) if source_plans_file.is_file() else None
+    if source_plans is not None and source_plans.dataset_name != plans.dataset_name:
+        source = source_plans.configuration(config.name)
+        expected = (list(config.spacing), list(config.normalization_schemes))
+        if (list(source.spacing), list(source.normalization_schemes)) != expected:
             raise DatasetError(
                 f"{source_plans_file}: the FDA source was preprocessed at spacing {source.spacing} with "
                 f"{source.normalization_schemes}, the model expects {config.spacing} with {config.normalization_schemes}; "
