@@ -167,3 +167,18 @@ def test_predict_makes_a_missing_or_stale_reference_from_the_training_cache(trai
         assert "noise" in summary["ood"]["flagged"]
     finally:
         reference_file.write_text(json.dumps(original))
+
+
+def test_reference_cases_come_from_the_runs_own_split_or_the_datasets_splits(trained_syn2d_home, tmp_path):
+    from medseg_auto.inference.ood_references import reference_case_ids
+    from medseg_auto.preprocessing.cache import PreprocessedCache
+    from medseg_auto.utils.atomic import read_json, write_json_atomic
+
+    preprocessed = trained_syn2d_home.preprocessed_dataset("Syn2d")
+    cache = PreprocessedCache(preprocessed / "plans_2d")
+    fold_0 = tmp_path / "fold_0"
+    assert reference_case_ids(fold_0, preprocessed, cache) == sorted(read_json(preprocessed / "splits.json")[0]["val"])
+    tagged = tmp_path / "fold_busi"
+    write_json_atomic(tagged / "split.json", {"train": ["siteA_000"], "val": ["siteB_002", "siteB_001", "gone"]})
+    assert reference_case_ids(tagged, preprocessed, cache) == ["siteB_001", "siteB_002"]
+    assert len(reference_case_ids(tmp_path / "fold_all", preprocessed, cache, max_cases=5)) == 5
