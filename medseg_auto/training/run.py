@@ -23,7 +23,7 @@ from medseg_auto.errors import DatasetError, MedsegError
 from medseg_auto.paths import DataHome, check_safe_name
 from medseg_auto.planning.plans import PLANS_FILE_NAME, Plans
 from medseg_auto.preprocessing.cache import PreprocessedCache
-from medseg_auto.training.checkpoint import BEST, FINAL, find_resume_checkpoint, load_checkpoint, load_pretrained_weights
+from medseg_auto.training.checkpoint import BEST, FINAL, LATEST, find_resume_checkpoint, load_checkpoint, load_pretrained_weights
 from medseg_auto.training.data.splits import fold_cases, load_or_create_splits
 from medseg_auto.training.distributed import (
     DistributedContext, configure_threads, rank_batch_size, context_from_environment, destroy_process_group, init_process_group,
@@ -31,7 +31,7 @@ from medseg_auto.training.distributed import (
 )
 from medseg_auto.training.final_validation import VALIDATION_FOLDER, FinalValidationRequest, run_final_validation
 from medseg_auto.training.hooks import TrainingSettings
-from medseg_auto.training.progress import TRAINING_LOG, training_log_file
+from medseg_auto.training.progress import PROGRESS_CSV, PROGRESS_PNG, TRAINING_LOG, training_log_file
 from medseg_auto.training.registry import get_trainer
 from medseg_auto.training.network_registry import DEFAULT_NETWORK, available_networks
 from medseg_auto.training.trainer import Trainer, TrainingJob
@@ -41,6 +41,7 @@ from medseg_auto.utils.logging_setup import get_logger
 COPIED_FILES = ("dataset.json", "dataset_fingerprint.json")
 SPLIT_FILE = "split.json"  # fold_<tag>/split.json: the case lists of a run with an explicit split
 log = get_logger("training.run")
+PREVIOUS_RUN_FOLDER = "previous_run"
 
 
 def trainer_folder_name(trainer_name: str, plans_name: str, configuration: str) -> str:
@@ -245,8 +246,25 @@ def _restore(trainer: Trainer, output: Path, continue_training: bool, pretrained
             trainer.load_checkpoint(checkpoint)
     elif pretrained is not None:
         load_pretrained_weights(trainer.network, pretrained)
-    elif find_resume_checkpoint(output) is not None:
-        log.warning("%s holds checkpoints of an earlier run; they will be overwritten (use --continue to resume)", output)
+    if not continue_training and find_resume_checkpoint(output) is not None:
+        moved = set_aside_earlier_run(output)
+        log.warning("%s held checkpoints of an earlier run; moved to %s (use --continue to resume instead)",
+                    output, moved)
+
+
+def set_aside_earlier_run(output: Path) -> Path:
+    """Move an earlier run's checkpoints and curves into ``output/previous_run/`` before a fresh
+    start. Left in place, a stale ``checkpoint_final.pt`` would be what a later ``--continue``
+    of the *new* run resumes from (it was: a fresh run killed after 4 epochs resumed the old
+    30-epoch run's final checkpoint). Only the latest earlier run is kept."""
+    previous = output / PREVIOUS_RUN_FOLDER
+    if previous.exists():
+        shutil.rmtree(previous)
+    previous.mkdir()
+    for name in (FINAL, LATEST, BEST, PROGRESS_CSV, PROGRESS_PNG):  # the log is open and appended to
+        if (output / name).exists():
+            (output / name).replace(previous / name)
+    return previous
 
 
 def _final_validation(trainer: Trainer, home: DataHome, dataset_name: str, preprocessed: Path,

@@ -105,3 +105,24 @@ def test_final_validation_is_skipped_and_said_so_without_the_inference_stage(toy
     folder = train_fold(toy_home, "Toy", "2d", 2, epochs=1, iters_per_epoch=1, **FAST)
     summary = json.loads((folder / "validation" / "summary.json").read_text())
     assert summary["skipped"] is True and "not available" in summary["reason"] and len(summary["case_ids"]) >= 1
+
+
+def test_fresh_run_sets_the_earlier_run_aside_so_continue_resumes_the_new_one(toy_home, monkeypatch):
+    from medseg_auto.training.trainer import Trainer
+
+    folder = train_fold(toy_home, "Toy", "2d", 0, epochs=3, iters_per_epoch=1, **FAST)  # an earlier, finished run
+    run_epoch = Trainer.run_epoch
+
+    def interrupted(self, *args):
+        if self.current_epoch == 1:
+            raise KeyboardInterrupt  # the new run dies after writing checkpoint_latest at epoch 1
+        return run_epoch(self, *args)
+
+    monkeypatch.setattr(Trainer, "run_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(toy_home, "Toy", "2d", 0, epochs=2, iters_per_epoch=1, **FAST)
+    assert not (folder / FINAL).exists() and (folder / LATEST).exists()
+    assert load_checkpoint(folder / "previous_run" / FINAL)["current_epoch"] == 3
+    monkeypatch.setattr(Trainer, "run_epoch", run_epoch)
+    train_fold(toy_home, "Toy", "2d", 0, continue_training=True, **FAST)
+    assert load_checkpoint(folder / FINAL)["current_epoch"] == 2 and len(read_progress(folder)) == 2
