@@ -21,6 +21,7 @@ its own virtual environment, so neither tool's imports distort the other's numbe
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import subprocess
@@ -349,12 +350,16 @@ def write_results(
     folder.mkdir(parents=True, exist_ok=True)
     paths = {suffix: folder / f"{name}.{suffix}" for suffix in ("json", "csv", "md")}
     payload = {"metadata": dict(metadata or {}), "rows": [dict(row) for row in rows]}
-    paths["json"].write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    with open(paths["csv"], "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    paths["md"].write_text(markdown_table(rows, columns) + "\n")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    texts = {"json": json.dumps(payload, indent=2, default=str) + "\n", "csv": buffer.getvalue(),
+             "md": markdown_table(rows, columns) + "\n"}
+    for suffix, text in texts.items():  # temp file then rename: a killed run leaves no half table
+        partial = paths[suffix].with_name(paths[suffix].name + ".partial")
+        partial.write_text(text)
+        os.replace(partial, paths[suffix])
     return paths
 
 

@@ -22,8 +22,6 @@ training step, ``train_median_s``, ``train_overhead_%`` (mean / first network's 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import os
 import platform
 import statistics
@@ -47,7 +45,6 @@ from medseg_auto.training.distributed import DistributedContext, configure_threa
 from medseg_auto.training.network_registry import available_networks
 from medseg_auto.training.registry import get_trainer
 from medseg_auto.training.trainer import Trainer, TrainingJob
-from medseg_auto.utils.atomic import write_json_atomic, write_text_atomic
 
 TABLE_COLUMNS = ("network", "params", "params_vs_first_%", "train_s", "train_median_s", "train_overhead_%",
                  "infer_s", "infer_overhead_%", "train_peak_mib")
@@ -224,16 +221,8 @@ def summarise(trainers: dict[str, Trainer], records: dict[str, dict[str, list[fl
 
 
 def write_outputs(folder: Path, rows: list[dict[str, Any]], metadata: dict[str, Any]) -> dict[str, Path]:
-    """``network_cost.{json,csv,md}`` in ``folder``, each written atomically."""
-    paths = {suffix: folder / f"network_cost.{suffix}" for suffix in ("json", "csv", "md")}
-    write_json_atomic(paths["json"], {"metadata": metadata, "rows": rows})
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(TABLE_COLUMNS), extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(paths["csv"], buffer.getvalue())
-    write_text_atomic(paths["md"], common.markdown_table(rows, TABLE_COLUMNS) + "\n")
-    return paths
+    """``network_cost.{json,csv,md}`` in ``folder`` (``common.write_results``: atomic)."""
+    return common.write_results(folder, "network_cost", rows, TABLE_COLUMNS, metadata)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,8 +26,6 @@ per-trainer memory is not separable in one process, so those columns stay empty.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import os
 import platform
@@ -53,7 +51,6 @@ from medseg_auto.training.hooks import TrainingSettings
 from medseg_auto.training.network_registry import DEFAULT_NETWORK, available_networks
 from medseg_auto.training.registry import get_trainer
 from medseg_auto.training.trainer import Trainer, TrainingJob
-from medseg_auto.utils.atomic import write_json_atomic, write_text_atomic
 
 REFERENCE = "Base"
 DEFAULT_TRAINERS = ("Base", "FeatureDiscrepancy", "ExchangeableFeatureDiscrepancy", "LocalContrastive")
@@ -239,16 +236,8 @@ def summarise(records: dict[str, list[dict[str, float | None]]]) -> list[dict[st
 
 
 def write_outputs(folder: Path, rows: list[dict[str, Any]], metadata: dict[str, Any]) -> dict[str, Path]:
-    """``trainer_overhead.{json,csv,md}`` in ``folder``, each written atomically."""
-    paths = {suffix: folder / f"trainer_overhead.{suffix}" for suffix in ("json", "csv", "md")}
-    write_json_atomic(paths["json"], {"metadata": metadata, "rows": rows})
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(TABLE_COLUMNS), extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(paths["csv"], buffer.getvalue())
-    write_text_atomic(paths["md"], common.markdown_table(rows, TABLE_COLUMNS) + "\n")
-    return paths
+    """``trainer_overhead.{json,csv,md}`` in ``folder`` (``common.write_results``: atomic)."""
+    return common.write_results(folder, "trainer_overhead", rows, TABLE_COLUMNS, metadata)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
