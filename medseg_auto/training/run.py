@@ -26,7 +26,7 @@ from medseg_auto.preprocessing.cache import PreprocessedCache
 from medseg_auto.training.checkpoint import BEST, FINAL, LATEST, find_resume_checkpoint, load_checkpoint, load_pretrained_weights
 from medseg_auto.training.data.splits import fold_cases, load_or_create_splits
 from medseg_auto.training.distributed import (
-    DistributedContext, configure_threads, rank_batch_size, context_from_environment, destroy_process_group, init_process_group,
+    DistributedContext, barrier, configure_threads, rank_batch_size, context_from_environment, destroy_process_group, init_process_group,
     resolve_device,
 )
 from medseg_auto.training.final_validation import VALIDATION_FOLDER, FinalValidationRequest, run_final_validation
@@ -153,6 +153,10 @@ def train_fold(
             _log_start(trainer, spec.description, threads, len(train_ids), len(val_ids))
             _restore(trainer, output, continue_training, pretrained)
             trainer.fit()
+            # Every rank leaves the group together before rank 0's (long, collective-free) final validation:
+            # a rank tearing gloo down while a peer still uses it can abort the process.
+            barrier(context)
+            destroy_process_group(context)
             if context.is_main:
                 _final_validation(trainer, home, dataset_name, preprocessed, val_best, save_probabilities)
     finally:
