@@ -20,7 +20,8 @@ many) and all paired cases. How many: --worst N, or the paper's Table 4 proporti
 worst-off test samples for --proportion-of (default UDIAT, breast ultrasound: 35 of 163).
 A two-sided Wilcoxon signed-rank test of the paired differences (all and worst-off cases).
 If a run logged per-case L_fd (an 'l_fd' column in metrics.csv, or per_case_l_fd.csv with
-columns case,l_fd next to it), a scatter plot of L_fd against Dice and Spearman's rho.
+columns case,l_fd next to it: 'medseg-auto feature-discrepancy' writes it, experiment cells
+write it themselves), a scatter plot of L_fd against Dice and Spearman's rho.
 
 Writes comparison.json, comparison.md, per_case.csv (and l_fd_vs_dice.png) into --out
 (default: RUN_B/compare_vs_<name of RUN_A>).

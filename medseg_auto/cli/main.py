@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "medseg_auto.cli.train_command", "medseg_auto.cli.trainers_command",
     "medseg_auto.cli.predict_command",
     "medseg_auto.cli.evaluate_command", "medseg_auto.cli.compare_command",
+    "medseg_auto.cli.feature_discrepancy_command",
     "medseg_auto.cli.find_best_command", "medseg_auto.cli.ensemble_command", "medseg_auto.cli.report_command",
     "medseg_auto.cli.experiment_command",
     "medseg_auto.cli.demo_command",

@@ -18,9 +18,10 @@ Wilcoxon signed-rank test of the paired per-case differences (``scipy.stats.wilc
 all pairs and over the worst-off pairs; undefined (``null``) when every difference is zero.
 
 Per-case feature discrepancy: a run that logged it has an ``l_fd`` column in ``metrics.csv``
-or a file ``per_case_l_fd.csv`` (columns ``case,l_fd``: the FeatureDiscrepancy loss of the
-case's image, e.g. averaged over its patches, at prediction time) next to it. Then a scatter
-plot of L_fd against Dice is drawn per run, with Spearman's rank correlation.
+or a file ``per_case_l_fd.csv`` (columns ``case,l_fd``) next to it, as written by
+``medseg-auto feature-discrepancy`` and by every experiment cell
+(:mod:`.case_feature_discrepancy`). Then a scatter plot of L_fd against Dice is drawn per run,
+with Spearman's rank correlation.
 """
 
 from __future__ import annotations

@@ -145,6 +145,7 @@ def run_cell(data: ExperimentData, cell: Cell, options: TrainingOptions, cell_fo
         if not case_ids:
             continue
         summary = _score(data, model, case_ids, cell_folder / f"test_{name}", options.device)
+        _write_case_feature_discrepancy(data, model, case_ids, cell_folder / f"test_{name}", options.device)
         mean = summary.get("foreground_mean", {})
         row.update({f"dice_{name}": mean.get("dice"), f"iou_{name}": mean.get("iou"), f"n_{name}": len(case_ids)})
     row.update(checkpoint=checkpoint, fold_folder=str(fold_folder), seconds=round(time.perf_counter() - started, 1))
@@ -193,6 +194,24 @@ def _score(data: ExperimentData, model, case_ids: list[str], output: Path, devic
     torch_device = resolve_device(device)
     return validate_cases(model.network.to(torch_device), model.plans, model.config, data.cache, case_ids,
                           data.spec, output, model.mirror_axes, torch_device, show_progress=False)
+
+
+def _write_case_feature_discrepancy(data: ExperimentData, model, case_ids: list[str], output: Path, device: str) -> None:
+    """``per_case_l_fd.csv`` next to the test metrics, for ``compare``'s L_fd-against-Dice plot
+    (skipped for networks without DynUNet feature taps)."""
+    from medseg_auto.evaluation.case_feature_discrepancy import (
+        PER_CASE_LFD_FILE, per_case_feature_discrepancy, write_per_case_feature_discrepancy,
+    )
+    from medseg_auto.inference.predict import resolve_device
+    from medseg_auto.training.network import tap_channels
+
+    if not tap_channels(model.network):
+        log.info("%s: no feature taps on %s; per-case L_fd skipped", output, type(model.network).__name__)
+        return
+    torch_device = resolve_device(device)
+    frame = per_case_feature_discrepancy(model.network.to(torch_device), model.config, model.plans.num_classes,
+                                         data.cache, case_ids, torch_device)
+    write_per_case_feature_discrepancy(frame, output / PER_CASE_LFD_FILE)
 
 
 EXPERIMENT_FILE = "experiment.json"

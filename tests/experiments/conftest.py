@@ -31,3 +31,9 @@ def one_thread_per_process(monkeypatch):
 def two_site_home(tmp_path):
     """Twelve toy cases: ``case_000``..``case_007`` at site ``busi``, ``case_008``..``case_011`` at ``stu``."""
     return make_toy_home(tmp_path / "home", n_cases=12, sites=["busi"] * 8 + ["stu"] * 4)
+
+
+@pytest.fixture
+def toy_2d_configuration():
+    """The toy plans' ``2d`` configuration: patch (16, 16), 3 stages of 4, 8, 16 features."""
+    return training_fixtures.toy_configuration(2)

@@ -64,6 +64,11 @@ def test_data_addition_runs_every_cell_once_and_keeps_test_cases_out(two_site_ho
         assert split["val"] == splits["base_val"] and {SITE[c] for c in split["val"]} == {"busi"}
     assert all(not held_out & set(seen) for seen in ExperimentToyTest.seen) and len(ExperimentToyTest.seen) == 2
     assert "| 1 | 3 |" in (folder / "results.md").read_text()
+    test_folders = sorted(folder.glob("cells/*/*/test_*"))
+    assert len(test_folders) == 8  # 4 cells x (base test, novel test)
+    for test_folder in test_folders:  # per-case L_fd next to the metrics, one row per test case
+        lfd = pd.read_csv(test_folder / "per_case_l_fd.csv")
+        assert sorted(lfd["case"]) == sorted(pd.read_csv(test_folder / "metrics.csv")["case"].astype(str).unique())
 
     # a second call runs nothing: no training, no prediction, markers untouched
     markers = sorted(folder.glob("cells/*/*/done.json"))
