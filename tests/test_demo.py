@@ -117,3 +117,13 @@ def test_console_script_help_runs_in_a_fresh_process():
                                capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
     assert "--cases-per-site" in completed.stdout
+
+
+def test_building_the_parser_imports_no_heavy_package():
+    """Every command's parser is built on every call (even ``--help``): registering one must not
+    import torch, scipy or pandas (each costs about a second of start-up)."""
+    code = ("import sys; from medseg_auto.cli.main import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'scipy', 'pandas', 'monai') if m in sys.modules))")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "[]"

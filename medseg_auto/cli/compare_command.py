@@ -34,7 +34,7 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from medseg_auto.evaluation.compare import DEFAULT_PROPORTION_OF, PAPER_WORST_OFF
+    from medseg_auto.evaluation.worst_off import DEFAULT_PROPORTION_OF, PAPER_WORST_OFF
 
     parser = subparsers.add_parser("compare", help="compare two evaluations case by case (Table 1, Wilcoxon)",
                                    description=DESCRIPTION, formatter_class=HelpFormatter)

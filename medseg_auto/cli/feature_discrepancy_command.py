@@ -31,8 +31,6 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from medseg_auto.training.losses.feature_discrepancy import NORMALIZATIONS
-
     parser = subparsers.add_parser("feature-discrepancy", help="per-case L_fd of a trained fold (for compare's scatter plot)",
                                    description=DESCRIPTION, formatter_class=HelpFormatter)
     parser.add_argument("eval_folder", metavar="EVAL_FOLDER", type=Path,
@@ -40,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", type=Path, required=True, metavar="FOLD_FOLDER",
                         help="the trained fold: results/DATASET/TRAINER__PLANS__CONFIG/fold_F")
     parser.add_argument("--checkpoint", choices=("final", "best", "latest"), default="final", help="which checkpoint")
-    parser.add_argument("--normalization", choices=NORMALIZATIONS, default="variance",
+    parser.add_argument("--normalization", choices=("variance", "none"), default="variance",
                         help="divide each channel's squared difference by the case's channel variance, or not")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the network runs")
     add_home_argument(parser)

@@ -37,13 +37,11 @@ import pandas as pd
 from scipy import stats
 
 from medseg_auto.errors import MedsegError
+from medseg_auto.evaluation.worst_off import DEFAULT_PROPORTION_OF, PAPER_WORST_OFF
 from medseg_auto.evaluation.writing import METRICS_CSV, SUMMARY_JSON, json_safe
 from medseg_auto.utils.atomic import atomic_path, write_json_atomic, write_text_atomic
 from medseg_auto.utils.logging_setup import get_logger
 
-#: Table 4 of the paper: dataset -> (worst-off samples, all test samples).
-PAPER_WORST_OFF = {"TNBC": (10, 50), "MoNuSeg": (25, 44), "UDIAT": (35, 163), "US-TNBC": (10, 15), "AD": (500, 10000)}
-DEFAULT_PROPORTION_OF = "UDIAT"
 PER_CASE_LFD_FILE = "per_case_l_fd.csv"
 LFD_COLUMN = "l_fd"
 COMPARISON_JSON = "comparison.json"

@@ -107,3 +107,13 @@ def test_command_writes_the_csv_compare_plots(two_site_home, tmp_path):
     with pytest.raises(SystemExit):
         main(["feature-discrepancy", str(validation), "--home", root])  # --model is required
     assert main(["feature-discrepancy", str(tmp_path), "--model", str(fold), "--home", root]) != 0  # no metrics.csv
+
+
+def test_command_offers_the_loss_normalizations():
+    from medseg_auto.cli.main import build_parser
+    from medseg_auto.training.losses.feature_discrepancy import NORMALIZATIONS
+
+    parser = build_parser()
+    subcommand = next(a for a in parser._actions if a.dest == "command").choices["feature-discrepancy"]
+    option = next(a for a in subcommand._actions if a.dest == "normalization")
+    assert tuple(option.choices) == NORMALIZATIONS
