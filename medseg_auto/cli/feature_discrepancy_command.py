@@ -57,7 +57,6 @@ def run(args: argparse.Namespace) -> int:
     from medseg_auto.inference.model_loading import CHECKPOINT_FILES, load_fold
     from medseg_auto.inference.predict import resolve_device
     from medseg_auto.preprocessing.cache import PreprocessedCache
-    from medseg_auto.training.checkpoint import load_checkpoint
 
     start_log(args.eval_folder, "feature_discrepancy", args)
     metrics = args.eval_folder / METRICS_CSV
@@ -68,11 +67,9 @@ def run(args: argparse.Namespace) -> int:
     if not fold_folder.name.startswith("fold_") or not (fold_folder / CHECKPOINT_FILES[args.checkpoint]).is_file():
         raise MedsegError(f"{fold_folder}: not a trained fold folder with {CHECKPOINT_FILES[args.checkpoint]}")
     model = load_fold(fold_folder.parent, fold_folder.name[len("fold_"):], args.checkpoint)
-    dataset = (load_checkpoint(fold_folder / CHECKPOINT_FILES[args.checkpoint]).get("init_args") or {}).get("dataset")
-    if not dataset:
-        raise MedsegError(f"{fold_folder}: the checkpoint does not name its dataset")
     home = resolve_home(args)
-    cache = PreprocessedCache(home.preprocessed_dataset(home.find_dataset(dataset)) / model.config.data_identifier)
+    dataset = home.find_dataset(model.plans.dataset_name)
+    cache = PreprocessedCache(home.preprocessed_dataset(dataset) / model.config.data_identifier)
     device = resolve_device(args.device)
     frame = per_case_feature_discrepancy(model.network.to(device), model.config, model.plans.num_classes, cache,
                                          case_ids, device, args.normalization, show_progress=not args.no_progress)
