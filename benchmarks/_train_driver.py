@@ -13,7 +13,8 @@ to be run by hand, but it can be:
 One file serves both tools, so the two are timed by the same code: it runs inside the tool's
 own virtual environment and imports only ``torch`` at module level; each tool's package is
 imported by its adapter (:func:`run_ours`, :func:`run_nnunet`). Neither package is changed:
-the adapters wrap methods of the trainer class from the outside.
+ours runs a timed subclass of its ``Trainer`` (``TrainRequest.trainer_class``); nnU-Net's
+adapter wraps methods of its trainer class from the outside.
 
 What is timed, per training iteration (``time.perf_counter``; on CPU every op is synchronous):
 
@@ -218,10 +219,11 @@ def _shapes(batch: Any) -> dict[str, list[int]]:
 # --- the two adapters ----------------------------------------------------------------------
 
 def run_ours(args: argparse.Namespace, timer: IterationTimer) -> dict[str, Any]:
-    """Our ``train_fold`` (what ``medseg-auto train`` calls), with the timers wrapped around
-    ``Trainer``. The final validation is skipped unless ``--final-validation``: it is not
-    training throughput, and on all validation cases it would outlast a short run."""
-    from medseg_auto.training import run as training_run
+    """Our ``train_fold`` (what ``medseg-auto train`` calls) running a :class:`Trainer` subclass
+    with the timers around its loaders and steps (``TrainRequest.trainer_class``). The final
+    validation is skipped unless ``--final-validation``: it is not training throughput, and on
+    all validation cases it would outlast a short run."""
+    from medseg_auto.training.run import TrainRequest, train_fold
     from medseg_auto.training.trainer import Trainer
     from medseg_auto.utils.logging_setup import configure_logging
 
@@ -229,26 +231,31 @@ def run_ours(args: argparse.Namespace, timer: IterationTimer) -> dict[str, Any]:
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # what train_fold's configure_threads obeys
     info: dict[str, Any] = {}
-    make_loaders = Trainer._loaders
+    timed_train_step = timer.wrap_train_step(Trainer.train_step)
+    timed_validation_step = timer.wrap_validation_step(Trainer.validation_step)
 
-    def timed_loaders(trainer: Trainer) -> tuple[Any, Any]:
-        train_loader, val_loader = make_loaders(trainer)
-        timer.instrument(trainer.model, trainer.loss, trainer.optimizer)
-        info.update(precision="bf16 autocast" if trainer.cpu_bf16 else "fp32", threads=torch.get_num_threads(),
-                    workers=trainer.settings.num_workers)
-        return timer.timed_batches(train_loader), val_loader
+    class TimedTrainer(Trainer):
+        def loaders(self) -> tuple[Any, Any]:
+            train_loader, val_loader = super().loaders()
+            timer.instrument(self.model, self.loss, self.optimizer)
+            info.update(precision="bf16 autocast" if self.cpu_bf16 else "fp32", threads=torch.get_num_threads(),
+                        workers=self.settings.num_workers)
+            return timer.timed_batches(train_loader), val_loader
 
-    Trainer._loaders = timed_loaders  # type: ignore[method-assign]
-    Trainer.train_step = timer.wrap_train_step(Trainer.train_step)  # type: ignore[method-assign]
-    Trainer.validation_step = timer.wrap_validation_step(Trainer.validation_step)  # type: ignore[method-assign]
-    if not args.final_validation:
-        training_run._final_validation = lambda *_args, **_kwargs: None
-    overrides = {"batch_size": args.batch_size} if args.batch_size else None
-    folder = training_run.train_fold(
-        args.home, args.dataset, args.configuration, args.fold, epochs=args.epochs, iters_per_epoch=args.iterations,
-        val_iters_per_epoch=args.val_iterations, device="cpu", seed=args.seed, num_workers=args.num_workers,
-        cpu_bf16=False if args.no_bf16 else None, settings_overrides=overrides,
-    )
+        def train_step(self, batch: Any) -> Any:
+            return timed_train_step(self, batch)
+
+        def validation_step(self, batch: Any) -> Any:
+            return timed_validation_step(self, batch)
+
+    named = {"num_epochs": args.epochs, "iterations_per_epoch": args.iterations,
+             "val_iterations_per_epoch": args.val_iterations, "num_workers": args.num_workers,
+             "cpu_bf16": False if args.no_bf16 else None, "batch_size": args.batch_size or None}
+    folder = train_fold(TrainRequest(
+        args.home, args.dataset, args.configuration, args.fold, device="cpu", seed=args.seed,
+        settings={name: value for name, value in named.items() if value is not None},
+        final_validation=args.final_validation, trainer_class=TimedTrainer,
+    ))
     return {**info, "output_folder": str(folder)}
 
 

@@ -159,9 +159,9 @@ STAGES: tuple[Stage, ...] = (
               inputs.home, inputs.dataset_name, configurations=None, preset="default",
               num_processes=inputs.num_processes, show_progress=inputs.show_progress),
           report=report_plans),
-    Stage("train", "medseg_auto.training.run", lambda module, inputs: module.train_fold(
+    Stage("train", "medseg_auto.training.run", lambda module, inputs: module.train_fold(module.TrainRequest(
               inputs.home, inputs.dataset_name, demo_configuration(inputs), demo_fold(inputs),
-              epochs=DEMO_EPOCHS, iters_per_epoch=DEMO_ITERATIONS, seed=0, device="auto"),
+              settings={"num_epochs": DEMO_EPOCHS, "iterations_per_epoch": DEMO_ITERATIONS}, seed=0, device="auto")),
           report=report_training),
     Stage("predict", "medseg_auto.inference.predict", lambda module, inputs: demo_predict(module, inputs),
           report=report_done),

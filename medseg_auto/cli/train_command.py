@@ -105,20 +105,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from medseg_auto.training.distributed import context_from_environment
-    from medseg_auto.training.run import train_fold
+    from medseg_auto.training.run import TrainRequest, train_fold
 
     configure_logging(None, verbose=args.verbose)
     if not context_from_environment().is_main:
         get_logger().setLevel("WARNING")  # one process reports; the others only warn
     options = {dest: getattr(args, dest) for dest in args.trainer_option_dests}
-    folder = train_fold(
-        resolve_home(args), args.dataset, args.configuration, args.fold,
-        trainer_name=args.trainer, plans_name=args.plans, epochs=args.epochs,
-        iters_per_epoch=args.iters_per_epoch, val_iters_per_epoch=args.val_iters_per_epoch,
-        continue_training=args.continue_training, pretrained=args.pretrained, device=args.device,
-        seed=args.seed, num_workers=args.num_workers, cpu_bf16=False if args.no_bf16 else None,
-        val_best=args.val_best, save_probabilities=args.npz, trainer_options=options,
-        network=args.network,
-    )
+    named = {"num_epochs": args.epochs, "iterations_per_epoch": args.iters_per_epoch,
+             "val_iterations_per_epoch": args.val_iters_per_epoch, "num_workers": args.num_workers,
+             "cpu_bf16": False if args.no_bf16 else None}
+    folder = train_fold(TrainRequest(
+        resolve_home(args), args.dataset, args.configuration, args.fold, trainer_name=args.trainer,
+        plans_name=args.plans, network=args.network, trainer_options=options,
+        settings={name: value for name, value in named.items() if value is not None},  # unnamed: the trainer's
+        continue_training=args.continue_training, pretrained=args.pretrained, device=args.device, seed=args.seed,
+        val_best=args.val_best, save_probabilities=args.npz,
+    ))
     log.info("results: %s", folder)
     return 0

@@ -154,7 +154,9 @@ def run_cell(data: ExperimentData, cell: Cell, options: TrainingOptions, cell_fo
 
 
 def _train(data: ExperimentData, cell: Cell, options: TrainingOptions) -> Path:
-    from medseg_auto.training.run import experiment_trainer_name, fold_folder_name, train_fold, trainer_folder_name
+    from medseg_auto.training.run import (
+        TrainRequest, experiment_trainer_name, fold_folder_name, train_fold, trainer_folder_name,
+    )
 
     folder = (data.home.results_dataset(data.dataset_name)
               / trainer_folder_name(experiment_trainer_name(cell.trainer, options.network), options.plans_name,
@@ -166,13 +168,15 @@ def _train(data: ExperimentData, cell: Cell, options: TrainingOptions) -> Path:
     resume = find_resume_checkpoint(folder) is not None
     if resume:
         log.info("%s: resuming the interrupted training in %s", cell.key, folder)
-    return train_fold(
+    named = {"num_epochs": options.epochs, "iterations_per_epoch": options.iters_per_epoch,
+             "val_iterations_per_epoch": options.val_iters_per_epoch, "num_workers": options.num_workers}
+    return train_fold(TrainRequest(
         data.home, data.dataset_name, options.configuration, cell.tag, trainer_name=cell.trainer,
-        plans_name=options.plans_name, epochs=options.epochs, iters_per_epoch=options.iters_per_epoch,
-        val_iters_per_epoch=options.val_iters_per_epoch, continue_training=resume, device=options.device,
-        seed=cell.seed, num_workers=options.num_workers, val_best=options.checkpoint == "best",
-        trainer_options=options.trainer_options, network=options.network, split=(cell.train_ids, cell.val_ids),
-    )
+        plans_name=options.plans_name, network=options.network, trainer_options=options.trainer_options,
+        settings={name: value for name, value in named.items() if value is not None},
+        split=(cell.train_ids, cell.val_ids), continue_training=resume, device=options.device, seed=cell.seed,
+        val_best=options.checkpoint == "best",
+    ))
 
 
 def _load_model(fold_folder: Path, checkpoint: str):

@@ -32,8 +32,7 @@ from medseg_auto.inference.predict import LoadedModel
 from medseg_auto.inference.sliding_window import predict_logits
 from medseg_auto.planning.plans import ConfigurationPlan
 from medseg_auto.preprocessing.cache import PreprocessedCache
-from medseg_auto.training.data.splits import fold_cases, load_or_create_splits
-from medseg_auto.training.run import SPLIT_FILE
+from medseg_auto.training.data.splits import SPLIT_FILE, fold_cases, load_or_create_splits
 from medseg_auto.utils.atomic import read_json
 from medseg_auto.utils.logging_setup import get_logger
 

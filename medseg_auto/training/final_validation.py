@@ -4,16 +4,19 @@ After training, every validation case of the fold is predicted with the sliding 
 resolution, brought back to its original geometry, and scored; per-case metrics go to
 ``fold_F/validation/summary.json``. The prediction and the metrics belong to the inference
 and evaluation stages, so this module only hands a :class:`FinalValidationRequest` to
-``medseg_auto.inference.validation.predict_validation_cases(request) -> dict`` (the summary).
-While that module does not exist, the step is logged as skipped and the summary says so.
+:func:`medseg_auto.inference.validation.predict_validation_cases` (it returns the summary).
+
+That call is the one import from training up into inference (``tests/test_import_graph.py``
+lists it): nnU-Net's recipe validates a fold as the last step of training, so ``train``
+needs the predictor. It is imported inside the function, so importing the training stage
+does not load the inference and evaluation stages (and their dependencies).
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,8 +25,6 @@ from medseg_auto.planning.plans import Plans
 from medseg_auto.utils.atomic import write_json_atomic
 from medseg_auto.utils.logging_setup import get_logger
 
-INFERENCE_MODULE = "medseg_auto.inference.validation"
-INFERENCE_FUNCTION = "predict_validation_cases"
 VALIDATION_FOLDER = "validation"
 SUMMARY_FILE = "summary.json"
 
@@ -54,36 +55,14 @@ class FinalValidationRequest:
     checkpoint_name: str = "checkpoint_final.pt"
 
 
-def find_predictor() -> Callable[[FinalValidationRequest], dict[str, Any]] | None:
-    """``predict_validation_cases`` if the inference stage is installed, else None."""
-    try:
-        module = importlib.import_module(INFERENCE_MODULE)
-    except ModuleNotFoundError as error:
-        if error.name is not None and INFERENCE_MODULE.startswith(error.name):
-            return None
-        raise
-    return getattr(module, INFERENCE_FUNCTION, None)
-
-
 def run_final_validation(request: FinalValidationRequest) -> dict[str, Any]:
-    """Predict and score the fold's validation cases; return (and write) the summary.
+    """Predict and score the fold's validation cases; return (and write) the summary."""
+    from medseg_auto.inference.validation import predict_validation_cases  # see the module docstring
 
-    Without the inference stage the summary is ``{"skipped": true, "reason": ...}``.
-    """
     summary_path = request.output_folder / SUMMARY_FILE
-    predictor = find_predictor()
-    if predictor is None:
-        reason = f"final validation skipped: {INFERENCE_MODULE}.{INFERENCE_FUNCTION} is not available yet"
-        log.info(reason)
-        summary: dict[str, Any] = {
-            "skipped": True, "reason": reason, "checkpoint": request.checkpoint_name,
-            "configuration": request.configuration_name, "case_ids": list(request.case_ids),
-        }
-        write_json_atomic(summary_path, summary)
-        return summary
     request.network.eval()
     log.info("final validation of %d cases with %s", len(request.case_ids), request.checkpoint_name)
-    summary = predictor(request)
+    summary = predict_validation_cases(request)
     if not summary_path.is_file():
         write_json_atomic(summary_path, summary)
     return summary

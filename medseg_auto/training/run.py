@@ -1,10 +1,18 @@
-"""``train_fold``: everything between the command line and the :class:`Trainer` of one fold.
+"""``train_fold(TrainRequest(...))``: everything between a caller and the :class:`Trainer` of one fold.
 
-Finds the plans and the preprocessed cache, the fold's cases (``splits.json``), the trainer's
-methods, the device and (under ``torchrun``) the process group; lays out
-``results/NAME/TRAINER__PLANS__CONFIG/fold_F/`` with ``plans.json`` and ``dataset.json``
-copied next to the fold folders; trains, resuming with ``continue_training``; and finally
-calls the final validation.
+Every caller (``medseg-auto train``, the experiments' cells, the demo, the benchmarks' driver)
+fills one :class:`TrainRequest`; :func:`train_fold` then runs a few named steps:
+
+1. :func:`_check_request`: the trainer, network, settings and ``--pretrained`` exist (before any
+   data is read, so a typo fails at once);
+2. :func:`_locate_fold`: the plans, the preprocessed cache and the fold's cases (``splits.json``,
+   or the request's explicit ``split``);
+3. :func:`_prepare_output`: ``results/NAME/TRAINER__PLANS__CONFIG/fold_F/`` with ``plans.json`` and
+   ``dataset.json`` next to the fold folders; an earlier run's files set aside into
+   ``previous_run/`` on a fresh start; the split recorded;
+4. :func:`_build_trainer` and :func:`_restore` (``continue_training`` or ``pretrained``), then
+   ``Trainer.fit``;
+5. the final validation (unless ``final_validation=False``).
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import shutil
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -24,24 +32,81 @@ from medseg_auto.paths import DataHome, check_safe_name
 from medseg_auto.planning.plans import PLANS_FILE_NAME, Plans
 from medseg_auto.preprocessing.cache import PreprocessedCache
 from medseg_auto.training.checkpoint import BEST, FINAL, LATEST, find_resume_checkpoint, load_checkpoint, load_pretrained_weights
-from medseg_auto.training.data.splits import fold_cases, load_or_create_splits
+from medseg_auto.training.data.splits import SPLIT_FILE, fold_cases, load_or_create_splits
 from medseg_auto.training.distributed import (
     DistributedContext, barrier, configure_threads, rank_batch_size, context_from_environment, destroy_process_group, init_process_group,
     resolve_device,
 )
 from medseg_auto.training.final_validation import VALIDATION_FOLDER, FinalValidationRequest, run_final_validation
-from medseg_auto.training.hooks import TrainingSettings
+from medseg_auto.training.hooks import DomainMethod, TrainingSettings
 from medseg_auto.training.progress import PROGRESS_CSV, PROGRESS_PNG, TRAINING_LOG, training_log_file
-from medseg_auto.training.registry import get_trainer
+from medseg_auto.training.registry import TrainerSpec, get_trainer
 from medseg_auto.training.network_registry import DEFAULT_NETWORK, available_networks
 from medseg_auto.training.trainer import Trainer, TrainingJob
 from medseg_auto.utils.atomic import read_json, write_json_atomic
 from medseg_auto.utils.logging_setup import get_logger
 
 COPIED_FILES = ("dataset.json", "dataset_fingerprint.json")
-SPLIT_FILE = "split.json"  # fold_<tag>/split.json: the case lists of a run with an explicit split
 log = get_logger("training.run")
 PREVIOUS_RUN_FOLDER = "previous_run"
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """One fold to train: what ``medseg-auto train`` and every other caller ask for.
+
+    ``fold``: ``0..4`` or ``"all"``; with ``split=(train_ids, val_ids)`` a tag naming the run
+    instead (``fold_<tag>/``; not a number, not ``all``), trained on those cases: the validation
+    loss, the pseudo Dice behind ``checkpoint_best`` and the final validation see only
+    ``val_ids``, so an experiment keeps its test cases out of both lists.
+
+    ``settings``: :class:`~medseg_auto.training.hooks.TrainingSettings` fields to override
+    (``num_epochs``, ``iterations_per_epoch``, ``val_iterations_per_epoch``, ``num_workers``,
+    ``cpu_bf16``, ``batch_size``, ...); they win over the trainer's presets, and a resumed run
+    keeps its stored settings except these. ``trainer_options``: the values of the trainer's own
+    options (``add_cli_arguments``). ``network`` names a registered network
+    (:mod:`~medseg_auto.training.network_registry`). ``seed=None`` draws one (recorded in the
+    checkpoints; ``continue_training`` reuses it).
+
+    ``final_validation=False`` skips predicting the validation cases after training (the
+    benchmarks time training only). ``trainer_class`` is the loop to run, a subclass of
+    :class:`Trainer` for instrumentation (the benchmarks' timers); methods plug in through
+    ``trainer_name``, not here.
+    """
+
+    home: DataHome | str | Path | None
+    dataset: str
+    configuration: str
+    fold: int | str
+    trainer_name: str = "Base"
+    plans_name: str = "plans"
+    network: str = DEFAULT_NETWORK
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    trainer_options: Mapping[str, Any] = field(default_factory=dict)
+    split: tuple[Sequence[str], Sequence[str]] | None = None
+    continue_training: bool = False
+    pretrained: str | Path | None = None
+    device: str = "auto"
+    seed: int | None = None
+    final_validation: bool = True
+    val_best: bool = False
+    save_probabilities: bool = False
+    trainer_class: type[Trainer] = Trainer
+
+
+@dataclass
+class FoldData:
+    """What :func:`_locate_fold` found: the dataset's folders, plans, cache and the fold's cases."""
+
+    home: DataHome
+    dataset_name: str
+    preprocessed: Path
+    plans: Plans
+    cache: PreprocessedCache
+    fold: int | str
+    train_ids: list[str]
+    val_ids: list[str]
+    sites: dict[str, str | None]
 
 
 def trainer_folder_name(trainer_name: str, plans_name: str, configuration: str) -> str:
@@ -59,109 +124,106 @@ def fold_folder_name(fold: int | str) -> str:
     return f"fold_{fold}"
 
 
-def train_fold(
-    home: DataHome | str | Path | None,
-    dataset: str,
-    configuration: str,
-    fold: int | str,
-    trainer_name: str = "Base",
-    plans_name: str = "plans",
-    epochs: int | None = None,
-    iters_per_epoch: int | None = None,
-    continue_training: bool = False,
-    pretrained: str | Path | None = None,
-    device: str = "auto",
-    seed: int | None = None,
-    val_iters_per_epoch: int | None = None,
-    num_workers: int | None = None,
-    cpu_bf16: bool | None = None,
-    val_best: bool = False,
-    save_probabilities: bool = False,
-    trainer_options: Mapping[str, Any] | None = None,
-    settings_overrides: Mapping[str, Any] | None = None,
-    network: str = DEFAULT_NETWORK,
-    split: tuple[Sequence[str], Sequence[str]] | None = None,
-) -> Path:
-    """Train one fold (``0..4`` or ``"all"``) and return its results folder.
-
-    ``split=(train_ids, val_ids)`` trains on those cases instead of a cross-validation fold;
-    ``fold`` is then a tag naming the run (``fold_<tag>/``; not a number, not ``all``). The
-    validation loss, the pseudo Dice behind ``checkpoint_best`` and the final validation see
-    only ``val_ids``, so an experiment keeps its test cases out of both lists.
-
-    ``epochs``, ``iters_per_epoch``, ``val_iters_per_epoch``, ``num_workers``, ``cpu_bf16``
-    and ``settings_overrides`` (any :class:`~medseg_auto.training.hooks.TrainingSettings`
-    field) override the trainer's settings when given. ``trainer_options`` are the values of
-    the trainer's own options (``add_cli_arguments``). ``network`` names a registered network
-    (:mod:`~medseg_auto.training.network_registry`). ``seed=None`` draws one (recorded in the
-    checkpoints; ``--continue`` reuses it).
-    """
-    if continue_training and pretrained is not None:
-        raise MedsegError("--continue and --pretrained exclude each other: a resumed run already has its weights")
-    spec = get_trainer(trainer_name)  # first: a typo should not wait for the data to load
-    if network not in available_networks():
-        raise MedsegError(f"unknown network '{network}'; available: {', '.join(available_networks())}")
-    if pretrained is not None and not Path(pretrained).is_file():
-        raise MedsegError(f"--pretrained {pretrained}: no such checkpoint file")
-    methods = spec.create_methods(dict(trainer_options or {}))
-    home = home if isinstance(home, DataHome) else DataHome.resolve(home)
-    fold = _parse_fold(fold) if split is None else _parse_split_tag(fold)
-    dataset_name = home.find_dataset(dataset)
-    preprocessed = home.preprocessed_dataset(dataset_name)
-    plans = Plans.load(preprocessed / f"{plans_name}.json")
-    config = plans.configuration(configuration)
-    cache = PreprocessedCache(preprocessed / config.data_identifier)
-    case_ids = cache.case_ids()
-    if not case_ids:
-        raise DatasetError(f"{cache.folder}: no preprocessed cases; run 'medseg-auto plan_and_preprocess {dataset}'")
-    sites = {case: cache.load_properties(case).site for case in case_ids}
-    if split is None and fold == "all":  # every case trains and validates; no 5-fold split needed
-        train_ids, val_ids = sorted(case_ids), sorted(case_ids)
-    elif split is None:
-        train_ids, val_ids = fold_cases(load_or_create_splits(preprocessed, case_ids, sites), fold)
-    else:
-        train_ids, val_ids = _check_split(split, case_ids, cache.folder)
-
+def train_fold(request: TrainRequest) -> Path:
+    """Train the fold of ``request`` and return its results folder (``.../fold_F``)."""
+    spec, methods = _check_request(request)
+    data = _locate_fold(request)
     context = context_from_environment()
-    torch_device = resolve_device(device, context)
-    threads = configure_threads(torch_device, context)
-    init_process_group(torch_device, context)
+    device = resolve_device(request.device, context)
+    threads = configure_threads(device, context)
+    init_process_group(device, context)
     try:
-        seed = _shared_seed(seed, context, torch_device)
-        experiment = home.results_dataset(dataset_name) / trainer_folder_name(experiment_trainer_name(spec.name, network), plans_name, configuration)
-        output = experiment / fold_folder_name(fold)
+        seed = _shared_seed(request.seed, context, device)
+        experiment = data.home.results_dataset(data.dataset_name) / trainer_folder_name(
+            experiment_trainer_name(spec.name, request.network), request.plans_name, request.configuration)
+        output = experiment / fold_folder_name(data.fold)
         if context.is_main:
             output.mkdir(parents=True, exist_ok=True)
-            _copy_dataset_files(preprocessed, plans_name, experiment)
-            if split is not None:
-                _record_split(output / SPLIT_FILE, train_ids, val_ids, continue_training)
-        job = TrainingJob(
-            plans=plans, configuration_name=configuration, cache=cache, train_case_ids=train_ids,
-            val_case_ids=val_ids, sites=sites, output_folder=output, trainer_name=spec.name, seed=seed,
-            init_args={"dataset": dataset_name, "configuration": configuration, "fold": str(fold),
-                       "plans_name": plans_name, "trainer_name": spec.name, "device": str(torch_device),
-                       "network": network},
-            pretrained=Path(pretrained) if pretrained is not None else None, network_name=network,
-        )
-        overrides = _settings_overrides(epochs, iters_per_epoch, val_iters_per_epoch, num_workers, cpu_bf16,
-                                        settings_overrides)
-        if continue_training:
-            overrides = {**_stored_settings(output), **overrides}
+            _copy_dataset_files(data.preprocessed, request.plans_name, experiment)
         log_context = training_log_file(output / TRAINING_LOG) if context.is_main else contextlib.nullcontext()  # other ranks write no files
         with log_context:
-            trainer = Trainer(job, methods, device=torch_device, distributed=context, overrides=overrides)
-            _log_start(trainer, spec.description, threads, len(train_ids), len(val_ids))
-            _restore(trainer, output, continue_training, pretrained)
+            if context.is_main:
+                _prepare_output(request, data, output)
+            trainer = _build_trainer(request, spec, methods, data, output, seed, device, context)
+            _log_start(trainer, spec.description, threads, len(data.train_ids), len(data.val_ids))
+            _restore(trainer, output, request)
             trainer.fit()
             # Every rank leaves the group together before rank 0's (long, collective-free) final validation:
             # a rank tearing gloo down while a peer still uses it can abort the process.
             barrier(context)
             destroy_process_group(context)
-            if context.is_main:
-                _final_validation(trainer, home, dataset_name, preprocessed, val_best, save_probabilities)
+            if context.is_main and request.final_validation:
+                _final_validation(trainer, data, request)
     finally:
         destroy_process_group(context)
     return output
+
+
+def _check_request(request: TrainRequest) -> tuple[TrainerSpec, list[DomainMethod]]:
+    """The trainer and its methods, once every name in the request is known to exist."""
+    if request.continue_training and request.pretrained is not None:
+        raise MedsegError("--continue and --pretrained exclude each other: a resumed run already has its weights")
+    spec = get_trainer(request.trainer_name)  # first: a typo should not wait for the data to load
+    if request.network not in available_networks():
+        raise MedsegError(f"unknown network '{request.network}'; available: {', '.join(available_networks())}")
+    known = {f.name for f in fields(TrainingSettings)}
+    unknown = sorted(set(request.settings) - known)
+    if unknown:
+        raise MedsegError(f"unknown training setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    if request.pretrained is not None and not Path(request.pretrained).is_file():
+        raise MedsegError(f"--pretrained {request.pretrained}: no such checkpoint file")
+    return spec, spec.create_methods(dict(request.trainer_options))
+
+
+def _locate_fold(request: TrainRequest) -> FoldData:
+    """The plans, the cache and the fold's ``(train, val)`` cases of the request."""
+    home = request.home if isinstance(request.home, DataHome) else DataHome.resolve(request.home)
+    fold = _parse_fold(request.fold) if request.split is None else _parse_split_tag(request.fold)
+    dataset_name = home.find_dataset(request.dataset)
+    preprocessed = home.preprocessed_dataset(dataset_name)
+    plans = Plans.load(preprocessed / f"{request.plans_name}.json")
+    config = plans.configuration(request.configuration)
+    cache = PreprocessedCache(preprocessed / config.data_identifier)
+    case_ids = cache.case_ids()
+    if not case_ids:
+        raise DatasetError(f"{cache.folder}: no preprocessed cases; run 'medseg-auto plan_and_preprocess {request.dataset}'")
+    sites = {case: cache.load_properties(case).site for case in case_ids}
+    if request.split is None and fold == "all":  # every case trains and validates; no 5-fold split needed
+        train_ids, val_ids = sorted(case_ids), sorted(case_ids)
+    elif request.split is None:
+        train_ids, val_ids = fold_cases(load_or_create_splits(preprocessed, case_ids, sites), fold)
+    else:
+        train_ids, val_ids = _check_split(request.split, case_ids, cache.folder)
+    return FoldData(home, dataset_name, preprocessed, plans, cache, fold, train_ids, val_ids, sites)
+
+
+def _prepare_output(request: TrainRequest, data: FoldData, output: Path) -> None:
+    """Rank 0, before the trainer exists: set an earlier run aside on a fresh start (its split
+    included, so it goes before the new split is written), then record an explicit split."""
+    if not request.continue_training and find_resume_checkpoint(output) is not None:
+        moved = set_aside_earlier_run(output)
+        log.warning("%s held checkpoints of an earlier run; moved to %s (use --continue to resume instead)",
+                    output, moved)
+    if request.split is not None:
+        _record_split(output / SPLIT_FILE, data.train_ids, data.val_ids, request.continue_training)
+
+
+def _build_trainer(request: TrainRequest, spec: TrainerSpec, methods: list[DomainMethod], data: FoldData,
+                   output: Path, seed: int, device: torch.device, context: DistributedContext) -> Trainer:
+    """The request's trainer class on the fold, with the request's settings over the trainer's
+    presets (over the stored settings of the run being resumed)."""
+    job = TrainingJob(
+        plans=data.plans, configuration_name=request.configuration, cache=data.cache, train_case_ids=data.train_ids,
+        val_case_ids=data.val_ids, sites=data.sites, output_folder=output, trainer_name=spec.name, seed=seed,
+        init_args={"dataset": data.dataset_name, "configuration": request.configuration, "fold": str(data.fold),
+                   "plans_name": request.plans_name, "trainer_name": spec.name, "device": str(device),
+                   "network": request.network},
+        pretrained=Path(request.pretrained) if request.pretrained is not None else None, network_name=request.network,
+    )
+    overrides = dict(request.settings)
+    if request.continue_training:
+        overrides = {**_stored_settings(output), **overrides}
+    return request.trainer_class(job, methods, device=device, distributed=context, overrides=overrides)
 
 
 def _parse_fold(fold: int | str) -> int | str:
@@ -222,14 +284,6 @@ def _copy_dataset_files(preprocessed: Path, plans_name: str, experiment: Path) -
             shutil.copyfile(preprocessed / name, experiment / name)
 
 
-def _settings_overrides(epochs, iters, val_iters, num_workers, cpu_bf16, extra) -> dict[str, Any]:
-    overrides: dict[str, Any] = dict(extra or {})
-    named = {"num_epochs": epochs, "iterations_per_epoch": iters, "val_iterations_per_epoch": val_iters,
-             "num_workers": num_workers, "cpu_bf16": cpu_bf16}
-    overrides.update({key: value for key, value in named.items() if value is not None})
-    return overrides
-
-
 def _stored_settings(output: Path) -> dict[str, Any]:
     """The settings of the run being resumed (a resumed run keeps its epochs, iterations, ...;
     only what the user names again changes). Empty when there is nothing to resume."""
@@ -241,49 +295,47 @@ def _stored_settings(output: Path) -> dict[str, Any]:
     return {key: value for key, value in stored.items() if key in known}
 
 
-def _restore(trainer: Trainer, output: Path, continue_training: bool, pretrained: str | Path | None) -> None:
-    if continue_training:
+def _restore(trainer: Trainer, output: Path, request: TrainRequest) -> None:
+    """Resume the run (``continue_training``) or start from ``pretrained`` weights."""
+    if request.continue_training:
         checkpoint = find_resume_checkpoint(output)
         if checkpoint is None:
             log.warning("--continue: no checkpoint in %s; starting from scratch", output)
         else:
             trainer.load_checkpoint(checkpoint)
-    elif pretrained is not None:
-        load_pretrained_weights(trainer.network, pretrained)
-    if not continue_training and find_resume_checkpoint(output) is not None:
-        moved = set_aside_earlier_run(output)
-        log.warning("%s held checkpoints of an earlier run; moved to %s (use --continue to resume instead)",
-                    output, moved)
+    elif request.pretrained is not None:
+        load_pretrained_weights(trainer.network, request.pretrained)
 
 
 def set_aside_earlier_run(output: Path) -> Path:
-    """Move an earlier run's checkpoints and curves into ``output/previous_run/`` before a fresh
-    start. Left in place, a stale ``checkpoint_final.pt`` would be what a later ``--continue``
+    """Move an earlier run's checkpoints, curves and split into ``output/previous_run/`` before a
+    fresh start. Left in place, a stale ``checkpoint_final.pt`` would be what a later ``--continue``
     of the *new* run resumes from (it was: a fresh run killed after 4 epochs resumed the old
     30-epoch run's final checkpoint). Only the latest earlier run is kept."""
     previous = output / PREVIOUS_RUN_FOLDER
     if previous.exists():
         shutil.rmtree(previous)
     previous.mkdir()
-    for name in (FINAL, LATEST, BEST, PROGRESS_CSV, PROGRESS_PNG):  # the log is open and appended to
+    for name in (FINAL, LATEST, BEST, PROGRESS_CSV, PROGRESS_PNG, SPLIT_FILE):  # the log is open and appended to
         if (output / name).exists():
             (output / name).replace(previous / name)
     return previous
 
 
-def _final_validation(trainer: Trainer, home: DataHome, dataset_name: str, preprocessed: Path,
-                      val_best: bool, save_probabilities: bool) -> None:
+def _final_validation(trainer: Trainer, data: FoldData, request: TrainRequest) -> None:
+    """Predict and score the validation cases with the final (or, ``val_best``, the best) weights."""
     checkpoint_name = FINAL
-    if val_best and (trainer.job.output_folder / BEST).is_file():
+    if request.val_best and (trainer.job.output_folder / BEST).is_file():
         trainer.network.load_state_dict(load_checkpoint(trainer.job.output_folder / BEST)["network_weights"])
         checkpoint_name = BEST
-    raw = home.raw_dataset(dataset_name)
+    raw = data.home.raw_dataset(data.dataset_name)
     run_final_validation(FinalValidationRequest(
         fold_folder=trainer.job.output_folder, output_folder=trainer.job.output_folder / VALIDATION_FOLDER,
         network=trainer.network, plans=trainer.job.plans, configuration_name=trainer.job.configuration_name,
-        case_ids=list(trainer.job.val_case_ids), preprocessed_dataset_folder=preprocessed,
+        case_ids=list(trainer.job.val_case_ids), preprocessed_dataset_folder=data.preprocessed,
         raw_dataset_folder=raw if raw.is_dir() else None, device=trainer.device,
-        mirror_axes=trainer.mirror_axes, save_probabilities=save_probabilities, checkpoint_name=checkpoint_name,
+        mirror_axes=trainer.mirror_axes, save_probabilities=request.save_probabilities,
+        checkpoint_name=checkpoint_name,
     ))
 
 

@@ -186,7 +186,8 @@ class Trainer:
         return make_training_loader(job.cache, job.train_case_ids, job.configuration, case_sampler=sampler,
                                     mirror_axes=self.mirror_axes, **self._loader_arguments())
 
-    def _loaders(self) -> tuple[BatchLoader, BatchLoader]:
+    def loaders(self) -> tuple[BatchLoader, BatchLoader]:
+        """The fold's training and validation loaders, seeded for this epoch (what :meth:`fit` draws from)."""
         train = self._training_loader()
         val = make_validation_loader(self.job.cache, self.job.val_case_ids, self.job.configuration,
                                      **self._loader_arguments())
@@ -255,7 +256,7 @@ class Trainer:
     # ----- epochs ------------------------------------------------------------------------------
     def fit(self) -> None:
         """Train from ``current_epoch`` to ``num_epochs``; write ``checkpoint_final.pt`` at the end."""
-        train_loader, val_loader = self._loaders()
+        train_loader, val_loader = self.loaders()
         first_epoch = self.current_epoch
         try:
             while self.current_epoch < self.settings.num_epochs:

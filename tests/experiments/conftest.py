@@ -19,7 +19,8 @@ assert _spec.loader is not None
 _spec.loader.exec_module(training_fixtures)
 make_toy_home = training_fixtures.make_toy_home
 
-FAST = dict(device="cpu", num_workers=0)
+FAST = dict(device="cpu")
+FAST_SETTINGS = dict(num_workers=0)
 
 
 @pytest.fixture(autouse=True)

@@ -102,9 +102,9 @@ def test_an_interrupted_cell_resumes_from_its_checkpoint(two_site_home, monkeypa
     calls = []
     original = run_module.train_fold
 
-    def spy(*args, **kwargs):
-        calls.append(kwargs)
-        return original(*args, **kwargs)
+    def spy(request):
+        calls.append(request)
+        return original(request)
 
     monkeypatch.setattr(run_module, "train_fold", spy)
     # killed after training, before scoring: training is not repeated, scoring is
@@ -116,8 +116,8 @@ def test_an_interrupted_cell_resumes_from_its_checkpoint(two_site_home, monkeypa
     (fold / FINAL).rename(fold / LATEST)
     (fold / BEST).unlink()
     run_data_addition(two_site_home, request, show_progress=False)
-    assert len(calls) == 1 and calls[0]["continue_training"] is True
-    assert calls[0]["split"] == (_fold_split(row)["train"], _fold_split(row)["val"])
+    assert len(calls) == 1 and calls[0].continue_training is True
+    assert calls[0].split == (_fold_split(row)["train"], _fold_split(row)["val"])
     assert (fold / FINAL).is_file() and json.loads((cell_folder / "done.json").read_text())["row"]["checkpoint"] == "final"
 
 

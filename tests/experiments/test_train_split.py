@@ -9,9 +9,9 @@ import pytest
 from medseg_auto.errors import MedsegError
 from medseg_auto.training import trainer as trainer_module
 from medseg_auto.training.checkpoint import FINAL
-from medseg_auto.training.run import train_fold
+from medseg_auto.training.run import TrainRequest, train_fold
 
-from .conftest import FAST
+from .conftest import FAST, FAST_SETTINGS
 
 
 def test_split_run_trains_and_validates_only_on_the_given_cases(two_site_home, monkeypatch):
@@ -29,8 +29,8 @@ def test_split_run_trains_and_validates_only_on_the_given_cases(two_site_home, m
     monkeypatch.setattr(trainer_module, "make_training_loader", record_train)
     monkeypatch.setattr(trainer_module, "make_validation_loader", record_val)
     train, val = ["case_000", "case_001", "case_002"], ["case_003"]
-    folder = train_fold(two_site_home, "Toy", "2d", "exp1", epochs=1, iters_per_epoch=1, seed=0,
-                        split=(train, val), **FAST)
+    folder = train_fold(TrainRequest(two_site_home, "Toy", "2d", "exp1", seed=0, split=(train, val),
+                                     settings=dict(num_epochs=1, iterations_per_epoch=1, **FAST_SETTINGS), **FAST))
     assert folder.name == "fold_exp1" and (folder / FINAL).is_file()
     assert seen == {"train": train, "val": val}
     assert json.loads((folder / "split.json").read_text()) == {"train": train, "val": val}
@@ -43,16 +43,18 @@ def test_split_run_trains_and_validates_only_on_the_given_cases(two_site_home, m
 
 def test_split_run_refuses_bad_tags_and_cases(two_site_home):
     with pytest.raises(MedsegError, match="tag"):
-        train_fold(two_site_home, "Toy", "2d", 0, split=(["case_000"], ["case_001"]), **FAST)
+        train_fold(TrainRequest(two_site_home, "Toy", "2d", 0, split=(["case_000"], ["case_001"]), **FAST))
     with pytest.raises(MedsegError, match="not preprocessed"):
-        train_fold(two_site_home, "Toy", "2d", "x", split=(["case_000", "nope"], ["case_001"]), **FAST)
+        train_fold(TrainRequest(two_site_home, "Toy", "2d", "x", split=(["case_000", "nope"], ["case_001"]),
+                                **FAST))
     with pytest.raises(MedsegError, match="both lists"):
-        train_fold(two_site_home, "Toy", "2d", "x", split=(["case_000"], []), **FAST)
+        train_fold(TrainRequest(two_site_home, "Toy", "2d", "x", split=(["case_000"], []), **FAST))
 
 
 def test_resuming_a_split_run_with_other_cases_is_refused(two_site_home):
-    train_fold(two_site_home, "Toy", "2d", "t", epochs=1, iters_per_epoch=1, seed=0,
-               split=(["case_000", "case_001"], ["case_002"]), **FAST)
+    train_fold(TrainRequest(two_site_home, "Toy", "2d", "t", seed=0,
+                            split=(["case_000", "case_001"], ["case_002"]),
+                            settings=dict(num_epochs=1, iterations_per_epoch=1, **FAST_SETTINGS), **FAST))
     with pytest.raises(MedsegError, match="another split"):
-        train_fold(two_site_home, "Toy", "2d", "t", continue_training=True,
-                   split=(["case_000", "case_004"], ["case_002"]), **FAST)
+        train_fold(TrainRequest(two_site_home, "Toy", "2d", "t", continue_training=True,
+                                split=(["case_000", "case_004"], ["case_002"]), settings=FAST_SETTINGS, **FAST))

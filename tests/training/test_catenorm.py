@@ -12,7 +12,7 @@ from medseg_auto.training.loss import build_loss
 from medseg_auto.training.network import build_dynunet, tap_channels, tapped
 from medseg_auto.training.network_registry import available_networks, build_registered_network
 from medseg_auto.training.networks.catenorm import CategoricalNorm, CateNormDynUNet
-from medseg_auto.training.run import train_fold
+from medseg_auto.training.run import TrainRequest, train_fold
 
 from conftest import toy_configuration
 
@@ -107,8 +107,8 @@ def test_aiva_sees_the_catenorm_pass_bottleneck():
 
 
 def test_base_trainer_with_catenorm_trains_and_predict_rebuilds_it(toy_home):
-    folder = train_fold(toy_home, "Toy", "2d", 0, epochs=2, iters_per_epoch=2, device="cpu", seed=0,
-                        num_workers=0, network="catenorm")
+    folder = train_fold(TrainRequest(toy_home, "Toy", "2d", 0, device="cpu", seed=0, network="catenorm",
+                                     settings=dict(num_epochs=2, iterations_per_epoch=2, num_workers=0)))
     assert folder.parent.name == "Base-catenorm__plans__2d"
     assert load_checkpoint(folder / FINAL)["network_name"] == "catenorm"
     rows = (folder / "progress.csv").read_text().splitlines()
@@ -121,7 +121,8 @@ def test_base_trainer_with_catenorm_trains_and_predict_rebuilds_it(toy_home):
 
 
 def test_catenorm_combines_with_a_method_that_runs_the_network_itself(toy_home):
-    folder = train_fold(toy_home, "Toy", "2d", 0, trainer_name="Consistency", epochs=1, iters_per_epoch=2,
-                        device="cpu", seed=0, num_workers=0, network="catenorm1")
+    folder = train_fold(TrainRequest(toy_home, "Toy", "2d", 0, trainer_name="Consistency", device="cpu", seed=0,
+                                     network="catenorm1",
+                                     settings=dict(num_epochs=1, iterations_per_epoch=2, num_workers=0)))
     header = (folder / "progress.csv").read_text().splitlines()[0].split(",")
     assert {"auxiliary_seg_loss", "consistency_kl", "reconstruction_mse"} <= set(header)

@@ -11,7 +11,7 @@ from medseg_auto.preprocessing.cache import PreprocessedCache
 from medseg_auto.training.checkpoint import FINAL, load_checkpoint
 from medseg_auto.training.hooks import TrainingContext, TrainingSettings
 from medseg_auto.training.network import build_dynunet, tap_channels
-from medseg_auto.training.run import train_fold
+from medseg_auto.training.run import TrainRequest, train_fold
 from medseg_auto.training.trainers.consistency import (
     BRIGHTNESS_RANGE, Consistency, intensity_jitter, voxel_kl,
 )
@@ -89,8 +89,8 @@ def test_reconstruction_weight_zero_turns_the_head_off(toy_home):
 
 
 def test_consistency_trains_end_to_end_and_the_head_stays_out_of_the_network(toy_home):
-    folder = train_fold(toy_home, "Toy", "3d_fullres", 0, trainer_name="Consistency", epochs=2, iters_per_epoch=2,
-                        device="cpu", seed=0, num_workers=0)
+    folder = train_fold(TrainRequest(toy_home, "Toy", "3d_fullres", 0, trainer_name="Consistency", device="cpu",
+                                     seed=0, settings=dict(num_epochs=2, iterations_per_epoch=2, num_workers=0)))
     payload = load_checkpoint(folder / FINAL)
     head = payload["methods_state"]["Consistency"]["reconstruction_head"]
     assert set(head) == {"layers.0.weight", "layers.0.bias", "layers.2.weight", "layers.2.bias"}

@@ -20,7 +20,7 @@ from medseg_auto.training.checkpoint import FINAL, CheckpointError, load_checkpo
 from medseg_auto.training.hooks import DatasetInfo, DomainMethod, TrainingContext, TrainingSettings
 from medseg_auto.training.network import build_dynunet
 from medseg_auto.training.registry import register_trainer
-from medseg_auto.training.run import train_fold
+from medseg_auto.training.run import TrainRequest, train_fold
 from medseg_auto.training.trainers.avagrad import AvaGrad
 from medseg_auto.training.trainers.mixed_minibatch_transfer import (
     MixedMinibatchSampler, MixedMinibatchTransfer, target_count,
@@ -31,7 +31,8 @@ from medseg_auto.training.trainers.train_on_sites import TrainOnSites
 from conftest import make_toy_home, toy_configuration, toy_plans
 
 SITES = ["a", "a", "a", "b", "b", "b"]
-FAST = dict(device="cpu", seed=0, num_workers=0, iters_per_epoch=2, val_iters_per_epoch=1)
+FAST = dict(device="cpu", seed=0)
+FAST_SETTINGS = dict(num_workers=0, iterations_per_epoch=2, val_iterations_per_epoch=1)
 
 
 @register_trainer("SiteRecorderTest")
@@ -54,8 +55,9 @@ def two_site_home(tmp_path_factory):
 def source_checkpoint(two_site_home):
     """A source model: TrainOnSites on site a only (its batches are checked in the test below)."""
     SiteRecorder.batches.clear()
-    folder = train_fold(two_site_home, "Toy", "2d", 0, trainer_name="TrainOnSites+SiteRecorderTest", epochs=1,
-                        trainer_options={"train_sites": ["a"]}, **FAST)
+    folder = train_fold(TrainRequest(two_site_home, "Toy", "2d", 0, trainer_name="TrainOnSites+SiteRecorderTest",
+                                     trainer_options={"train_sites": ["a"]},
+                                     settings=dict(num_epochs=1, **FAST_SETTINGS), **FAST))
     source_batches = list(SiteRecorder.batches)
     return folder / FINAL, source_batches
 
@@ -107,8 +109,10 @@ def test_mixed_sampler_refuses_bad_sites():
 def test_mmtl_end_to_end_follows_the_schedule(two_site_home, source_checkpoint):
     checkpoint, _ = source_checkpoint
     SiteRecorder.batches.clear()
-    folder = train_fold(two_site_home, "Toy", "2d", 0, trainer_name="MixedMinibatchTransfer+SiteRecorderTest",
-                        epochs=3, pretrained=checkpoint, trainer_options={"target_site": "b"}, **FAST)
+    folder = train_fold(TrainRequest(two_site_home, "Toy", "2d", 0,
+                                     trainer_name="MixedMinibatchTransfer+SiteRecorderTest", pretrained=checkpoint,
+                                     trainer_options={"target_site": "b"},
+                                     settings=dict(num_epochs=3, **FAST_SETTINGS), **FAST))
     assert (folder / FINAL).is_file()
     assert len(SiteRecorder.batches) == 6
     for epoch, sites in SiteRecorder.batches:  # batch 4, 3 epochs: 0, 1, 2 target cases
@@ -206,14 +210,15 @@ def test_octl_adam_uses_step_offset_100_in_the_bias_correction(tmp_path):
 def test_octl_end_to_end_needs_pretrained_and_resumes(two_site_home, source_checkpoint):
     checkpoint, _ = source_checkpoint
     with pytest.raises(MedsegError, match="needs --pretrained"):
-        train_fold(two_site_home, "Toy", "2d", 1, trainer_name="OptimizerCarryOver", epochs=1, **FAST)
-    folder = train_fold(two_site_home, "Toy", "2d", 0, trainer_name="OptimizerCarryOver", epochs=1,
-                        pretrained=checkpoint, **FAST)
+        train_fold(TrainRequest(two_site_home, "Toy", "2d", 1, trainer_name="OptimizerCarryOver",
+                                settings=dict(num_epochs=1, **FAST_SETTINGS), **FAST))
+    folder = train_fold(TrainRequest(two_site_home, "Toy", "2d", 0, trainer_name="OptimizerCarryOver",
+                                     pretrained=checkpoint, settings=dict(num_epochs=1, **FAST_SETTINGS), **FAST))
     state = load_checkpoint(folder / FINAL)
     assert state["methods_state"]["OptimizerCarryOver"]["carried_parameters"] == len(
         state["optimizer_state"]["param_groups"][0]["params"])
-    train_fold(two_site_home, "Toy", "2d", 0, trainer_name="OptimizerCarryOver", epochs=2,
-               continue_training=True, **FAST)
+    train_fold(TrainRequest(two_site_home, "Toy", "2d", 0, trainer_name="OptimizerCarryOver",
+                            continue_training=True, settings=dict(num_epochs=2, **FAST_SETTINGS), **FAST))
     assert [int(row["epoch"]) for row in progress_rows(folder)] == [0, 1]
 
 
@@ -268,7 +273,8 @@ def test_avagrad_update_matches_a_hand_computation():
 def test_avagrad_trainer_settings_and_checkpoint(two_site_home):
     settings = AvaGrad().configure(TrainingSettings())
     assert settings.num_epochs == 50 and settings.initial_lr == 10.0
-    folder = train_fold(two_site_home, "Toy", "2d", 0, trainer_name="AvaGrad", epochs=2, **FAST)
+    folder = train_fold(TrainRequest(two_site_home, "Toy", "2d", 0, trainer_name="AvaGrad",
+                                     settings=dict(num_epochs=2, **FAST_SETTINGS), **FAST))
     rows = progress_rows(folder)
     assert [float(row["lr"]) for row in rows] == pytest.approx([10.0, 10.0 * 0.5 ** 0.9])  # poly over 2 epochs
     state = load_checkpoint(folder / FINAL)["optimizer_state"]  # weights_only=True
@@ -281,8 +287,9 @@ def test_fine_tune_on_sites_with_octl_trains_on_the_target_only(two_site_home, s
     checkpoint, _ = source_checkpoint
     SiteRecorder.batches.clear()
     name = "FineTuneOnSites+OptimizerCarryOver+SiteRecorderTest"
-    folder = train_fold(two_site_home, "Toy", "2d", 0, trainer_name=name, epochs=1, pretrained=checkpoint,
-                        trainer_options={"train_sites": ["b"]}, **FAST)
+    folder = train_fold(TrainRequest(two_site_home, "Toy", "2d", 0, trainer_name=name, pretrained=checkpoint,
+                                     trainer_options={"train_sites": ["b"]},
+                                     settings=dict(num_epochs=1, **FAST_SETTINGS), **FAST))
     assert folder.parent.name.startswith("FineTuneOnSites+OptimizerCarryOver")
     assert SiteRecorder.batches and all(set(sites) == {"b"} for _, sites in SiteRecorder.batches)
     assert load_checkpoint(folder / FINAL)["methods_state"]["OptimizerCarryOver"]["carried_parameters"] > 0

@@ -13,7 +13,7 @@ from medseg_auto.training.checkpoint import FINAL, load_checkpoint
 from medseg_auto.training.losses.dispersive import (
     EPS, VARIANTS, covariance, dispersive_loss, hinge, infonce_cos, infonce_l2, pool_representations,
 )
-from medseg_auto.training.run import train_fold
+from medseg_auto.training.run import TrainRequest, train_fold
 from medseg_auto.training.trainers.dispersive import Dispersive
 
 
@@ -107,8 +107,8 @@ def test_weights_switch_at_the_phase_boundary():
 
 def test_dispersive_trains_end_to_end_on_two_sites(toy_home_factory):
     home = toy_home_factory(sites=["a", "b"] * 3)
-    folder = train_fold(home, "Toy", "2d", 0, trainer_name="Dispersive", epochs=2, iters_per_epoch=1,
-                        device="cpu", seed=0, num_workers=0)
+    folder = train_fold(TrainRequest(home, "Toy", "2d", 0, trainer_name="Dispersive", device="cpu", seed=0,
+                                     settings=dict(num_epochs=2, iterations_per_epoch=1, num_workers=0)))
     with open(folder / "progress.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [float(row["disp_weight"]) for row in rows] == [0.2, 0.6]
@@ -116,5 +116,6 @@ def test_dispersive_trains_end_to_end_on_two_sites(toy_home_factory):
     options = load_checkpoint(folder / FINAL)["init_args"]["method_options"]["Dispersive"]
     assert options["disp_tap"] == "encoder.1" and options["disp_tau"] == 0.8
     with pytest.raises(MedsegError, match="not a tap of this network"):
-        train_fold(home, "Toy", "2d", 0, trainer_name="Dispersive", epochs=1, iters_per_epoch=1, device="cpu",
-                   num_workers=0, trainer_options={"disp_tap": "encoder.7"})
+        train_fold(TrainRequest(home, "Toy", "2d", 0, trainer_name="Dispersive", device="cpu",
+                                trainer_options={"disp_tap": "encoder.7"},
+                                settings=dict(num_epochs=1, iterations_per_epoch=1, num_workers=0)))

@@ -15,7 +15,7 @@ from medseg_auto.training.network import FeatureTaps, build_dynunet, tap_channel
 from medseg_auto.training.network_registry import available_networks, build_registered_network
 from medseg_auto.training.networks.disseg import DisSegDynUNet
 from medseg_auto.training.networks.disseg_blocks import CBAT, ELAT, Refinement, telu
-from medseg_auto.training.run import train_fold
+from medseg_auto.training.run import TrainRequest, train_fold
 
 
 def test_telu_matches_its_formula_and_derivative_for_moderate_inputs():
@@ -90,8 +90,9 @@ def test_bf16_autocast_forward_and_backward_are_finite():
 
 def test_train_then_predict_rebuilds_disseg_by_name(toy_home_factory):
     home = toy_home_factory(sites=["a", "b"] * 3)
-    folder = train_fold(home, "Toy", "2d", 0, trainer_name="Dispersive", epochs=1, iters_per_epoch=1, device="cpu",
-                        seed=0, num_workers=0, network="disseg")
+    folder = train_fold(TrainRequest(home, "Toy", "2d", 0, trainer_name="Dispersive", device="cpu", seed=0,
+                                     network="disseg",
+                                     settings=dict(num_epochs=1, iterations_per_epoch=1, num_workers=0)))
     assert folder.parent.name == "Dispersive-disseg__plans__2d"
     payload = load_checkpoint(folder / FINAL)
     assert payload["network_name"] == "disseg"

@@ -17,7 +17,7 @@ from medseg_auto.training.hooks import DatasetInfo, TrainingContext, TrainingSet
 from medseg_auto.training.losses.feature_discrepancy import (
     EPS, MaskPyramid, exchange_partners, exchangeable_discrepancy_loss, layer_statistics,
 )
-from medseg_auto.training.run import train_fold
+from medseg_auto.training.run import TrainRequest, train_fold
 from medseg_auto.training.trainers.exchangeable_feature_discrepancy import ExchangeableFeatureDiscrepancy
 
 from conftest import make_toy_home
@@ -104,8 +104,9 @@ def test_batches_are_site_balanced():
 @pytest.mark.parametrize("configuration", ["2d", "3d_fullres"])
 def test_trains_end_to_end_on_two_sites(tmp_path, configuration):
     home = make_toy_home(tmp_path / "home", sites=["a", "a", "a", "b", "b", "b"])
-    folder = train_fold(home, "Toy", configuration, 0, trainer_name="ExchangeableFeatureDiscrepancy", epochs=2,
-                        iters_per_epoch=2, device="cpu", seed=0, num_workers=0)
+    folder = train_fold(TrainRequest(home, "Toy", configuration, 0, trainer_name="ExchangeableFeatureDiscrepancy",
+                                     device="cpu", seed=0,
+                                     settings=dict(num_epochs=2, iterations_per_epoch=2, num_workers=0)))
     rows = list(csv.DictReader(open(folder / "progress.csv")))
     assert [float(row["fd_exch_cross_site"]) for row in rows] == [1.0, 1.0]
     exchange = [name for name in rows[1] if name.startswith("fd_exch/")]
@@ -115,8 +116,9 @@ def test_trains_end_to_end_on_two_sites(tmp_path, configuration):
 
 def test_one_site_dataset_trains_with_the_fallback(tmp_path):
     home = make_toy_home(tmp_path / "home")  # no sites
-    folder = train_fold(home, "Toy", "2d", 0, trainer_name="ExchangeableFeatureDiscrepancy", epochs=2,
-                        iters_per_epoch=2, device="cpu", seed=0, num_workers=0)
+    folder = train_fold(TrainRequest(home, "Toy", "2d", 0, trainer_name="ExchangeableFeatureDiscrepancy",
+                                     device="cpu", seed=0,
+                                     settings=dict(num_epochs=2, iterations_per_epoch=2, num_workers=0)))
     rows = list(csv.DictReader(open(folder / "progress.csv")))
     assert [float(row["fd_exch_cross_site"]) for row in rows] == [0.0, 0.0]
     assert "single site" in (folder / "training_log.txt").read_text()

@@ -16,7 +16,7 @@ from medseg_auto.training.losses.feature_discrepancy import (
 from medseg_auto.training.checkpoint import FINAL, load_checkpoint
 from medseg_auto.training.hooks import TrainingContext, TrainingSettings
 from medseg_auto.training.registry import get_trainer
-from medseg_auto.training.run import train_fold
+from medseg_auto.training.run import TrainRequest, train_fold
 from medseg_auto.training.trainers.feature_discrepancy import FeatureDiscrepancy, scheduled_weight
 
 from conftest import make_toy_home
@@ -187,8 +187,9 @@ def test_bad_options_are_refused():
 @pytest.mark.parametrize("configuration", ["2d", "3d_fullres"])
 def test_trains_end_to_end_on_two_sites(tmp_path, configuration):
     home = make_toy_home(tmp_path / "home", sites=TWO_SITES)
-    folder = train_fold(home, "Toy", configuration, 0, trainer_name="FeatureDiscrepancy", epochs=2, iters_per_epoch=2,
-                        device="cpu", seed=0, num_workers=0, trainer_options={"fd_weight": 0.2})
+    folder = train_fold(TrainRequest(home, "Toy", configuration, 0, trainer_name="FeatureDiscrepancy",
+                                     device="cpu", seed=0, trainer_options={"fd_weight": 0.2},
+                                     settings=dict(num_epochs=2, iterations_per_epoch=2, num_workers=0)))
     rows = list(csv.DictReader(open(folder / "progress.csv")))
     assert [float(row["fd_weight"]) for row in rows] == [0.0, 0.2]  # round(2 * 100/175) = 1 warm-up epoch
     taps = [name[len("fd/"):] for name in rows[0] if name.startswith("fd/")]

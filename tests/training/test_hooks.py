@@ -15,7 +15,7 @@ from medseg_auto.training.checkpoint import FINAL, load_checkpoint
 from medseg_auto.training.hooks import DomainMethod, OptimizerSetup, TrainingContext, TrainingSettings
 from medseg_auto.training.network import build_dynunet
 from medseg_auto.training.registry import register_trainer
-from medseg_auto.training.run import train_fold
+from medseg_auto.training.run import TrainRequest, train_fold
 
 from conftest import make_toy_home
 
@@ -115,9 +115,9 @@ def recorded_run(toy_home):
     Recording.instances.clear()
     with pytest.MonkeyPatch.context() as patch:  # module scope runs before the autouse thread fixture
         patch.setenv("OMP_NUM_THREADS", "1")
-        folder = train_fold(toy_home, "Toy", "3d_fullres", 0, trainer_name="RecordingTest", epochs=2,
-                            iters_per_epoch=3, device="cpu", seed=0, num_workers=0,
-                            trainer_options={"record_weight": 0.25})
+        folder = train_fold(TrainRequest(toy_home, "Toy", "3d_fullres", 0, trainer_name="RecordingTest",
+                                         device="cpu", seed=0, trainer_options={"record_weight": 0.25},
+                                         settings=dict(num_epochs=2, iterations_per_epoch=3, num_workers=0)))
     return folder, Recording.instances[-1]
 
 
@@ -153,8 +153,9 @@ def test_optimizer_and_method_state_go_into_the_checkpoint_and_come_back(recorde
     assert "betas" in payload["optimizer_state"]["param_groups"][0]
     assert payload["methods_state"]["Recording"]["steps"] == 6
     assert payload["init_args"]["method_options"] == {"Recording": {"record_weight": 0.25}}
-    train_fold(toy_home, "Toy", "3d_fullres", 0, trainer_name="RecordingTest", epochs=2, iters_per_epoch=3,
-               device="cpu", num_workers=0, continue_training=True)
+    train_fold(TrainRequest(toy_home, "Toy", "3d_fullres", 0, trainer_name="RecordingTest", device="cpu",
+                            continue_training=True,
+                            settings=dict(num_epochs=2, iterations_per_epoch=3, num_workers=0)))
     resumed = Recording.instances[-1]
     assert resumed is not method and resumed.restored["steps"] == 6
     torch.testing.assert_close(resumed.projection.weight, method.projection.weight)

@@ -13,7 +13,7 @@ from medseg_auto.training.hooks import DomainMethod
 from medseg_auto.training.network import build_dynunet
 from medseg_auto.training.network_registry import available_networks, register_network
 from medseg_auto.training.registry import register_trainer
-from medseg_auto.training.run import train_fold
+from medseg_auto.training.run import TrainRequest, train_fold
 
 
 class EpochSampler:
@@ -58,8 +58,8 @@ class BatchAndSampler(DomainMethod):
 
 def test_transform_batch_and_epoch_sampler(toy_home):
     BatchAndSampler.instances.clear()
-    train_fold(toy_home, "Toy", "2d", 0, trainer_name="BatchAndSamplerTest", epochs=3, iters_per_epoch=2,
-               device="cpu", seed=0, num_workers=0)
+    train_fold(TrainRequest(toy_home, "Toy", "2d", 0, trainer_name="BatchAndSamplerTest", device="cpu", seed=0,
+                            settings=dict(num_epochs=3, iterations_per_epoch=2, num_workers=0)))
     method = BatchAndSampler.instances[-1]
     assert method.sampler_epochs == [0, 1, 2]  # rebuilt at the start of every epoch
     assert all(total == 0.0 for _, total in method.transformed) and len(method.transformed) == 6
@@ -72,12 +72,14 @@ def test_transform_batch_and_epoch_sampler(toy_home):
 
 def test_pretrained_path_reaches_the_methods(toy_home):
     BatchAndSampler.instances.clear()
-    first = train_fold(toy_home, "Toy", "2d", 0, epochs=1, iters_per_epoch=1, device="cpu", seed=0, num_workers=0)
-    train_fold(toy_home, "Toy", "2d", 1, trainer_name="BatchAndSamplerTest", epochs=3, iters_per_epoch=1,
-               device="cpu", seed=0, num_workers=0, pretrained=first / FINAL)
+    first = train_fold(TrainRequest(toy_home, "Toy", "2d", 0, device="cpu", seed=0,
+                                    settings=dict(num_epochs=1, iterations_per_epoch=1, num_workers=0)))
+    train_fold(TrainRequest(toy_home, "Toy", "2d", 1, trainer_name="BatchAndSamplerTest", device="cpu", seed=0,
+                            pretrained=first / FINAL,
+                            settings=dict(num_epochs=3, iterations_per_epoch=1, num_workers=0)))
     assert BatchAndSampler.instances[-1].context.pretrained_checkpoint == first / FINAL
     with pytest.raises(MedsegError, match="no such checkpoint"):
-        train_fold(toy_home, "Toy", "2d", 1, pretrained=first / "missing.pt", device="cpu")
+        train_fold(TrainRequest(toy_home, "Toy", "2d", 1, pretrained=first / "missing.pt", device="cpu"))
 
 
 class WiderHead(torch.nn.Module):
@@ -99,11 +101,11 @@ def build_doubled(configuration, in_channels, num_classes, deep_supervision=True
 
 def test_network_by_name_is_stored_and_rebuilt_for_prediction(toy_home):
     assert "dynunet" in available_networks() and "doubled_test" in available_networks()
-    folder = train_fold(toy_home, "Toy", "2d", 0, epochs=1, iters_per_epoch=1, device="cpu", seed=0,
-                        num_workers=0, network="doubled_test")
+    folder = train_fold(TrainRequest(toy_home, "Toy", "2d", 0, device="cpu", seed=0, network="doubled_test",
+                                     settings=dict(num_epochs=1, iterations_per_epoch=1, num_workers=0)))
     assert folder.parent.name == "Base-doubled_test__plans__2d"
     assert load_checkpoint(folder / FINAL)["network_name"] == "doubled_test"
     model = load_fold(folder.parent, "0")
     assert isinstance(model.network, WiderHead)
     with pytest.raises(MedsegError, match="unknown network 'nope'; available: .*dynunet"):
-        train_fold(toy_home, "Toy", "2d", 0, network="nope", device="cpu")
+        train_fold(TrainRequest(toy_home, "Toy", "2d", 0, network="nope", device="cpu"))

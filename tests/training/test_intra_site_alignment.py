@@ -17,7 +17,7 @@ from medseg_auto.training.data.image_folder_cache import cache_image_folder
 from medseg_auto.preprocessing.cache import PreprocessedCache
 from medseg_auto.training.hooks import DatasetInfo, TrainingContext, TrainingSettings
 from medseg_auto.training.network import build_dynunet, tap_channels
-from medseg_auto.training.run import train_fold
+from medseg_auto.training.run import TrainRequest, train_fold
 from medseg_auto.training.trainers.intra_site_alignment import (
     CLUSTERS_FILE, TARGET_CACHE_FOLDER, IntraSiteVariabilityAlignment,
 )
@@ -125,8 +125,9 @@ def test_aiva_trains_end_to_end_and_keeps_lambda(toy_home_factory, tmp_path, con
     target = write_target_images(tmp_path / "target", n=3)
     options = {"target_images": str(target), "source_sites": ["a"], "aiva_clusters": 12,
                "aiva_calibration_steps": 2, "aiva_target_batch": 2}
-    folder = train_fold(home, "Toy", configuration, 0, trainer_name="IntraSiteVariabilityAlignment", epochs=2,
-                        iters_per_epoch=3, device="cpu", seed=0, num_workers=0, trainer_options=options)
+    folder = train_fold(TrainRequest(home, "Toy", configuration, 0, trainer_name="IntraSiteVariabilityAlignment",
+                                     device="cpu", seed=0, trainer_options=options,
+                                     settings=dict(num_epochs=2, iterations_per_epoch=3, num_workers=0)))
     state = load_checkpoint(folder / FINAL)["methods_state"]["IntraSiteVariabilityAlignment"]
     assert state["lambda"] > 0 and len(state["calibration"]) == 2
     assert state["lambda"] == pytest.approx(1 / np.mean(state["calibration"]))
@@ -144,13 +145,13 @@ def test_aiva_trains_end_to_end_and_keeps_lambda(toy_home_factory, tmp_path, con
 def test_aiva_refuses_missing_target_images_and_unknown_sites(toy_home_factory, tmp_path):
     home = toy_home_factory("home", sites=["a", "a", "a", "b", "b", "b"])
     with pytest.raises(MedsegError, match="--target-images"):
-        train_fold(home, "Toy", "2d", 0, trainer_name="IntraSiteVariabilityAlignment", epochs=1, iters_per_epoch=1,
-                   device="cpu", seed=0, num_workers=0)
+        train_fold(TrainRequest(home, "Toy", "2d", 0, trainer_name="IntraSiteVariabilityAlignment", device="cpu",
+                                seed=0, settings=dict(num_epochs=1, iterations_per_epoch=1, num_workers=0)))
     target = write_target_images(tmp_path / "target", n=1)
     with pytest.raises(MedsegError, match="--source-sites: no training case .* site\\(s\\) zz"):
-        train_fold(home, "Toy", "2d", 0, trainer_name="IntraSiteVariabilityAlignment", epochs=1, iters_per_epoch=1,
-                   device="cpu", seed=0, num_workers=0,
-                   trainer_options={"target_images": str(target), "source_sites": ["zz"]})
+        train_fold(TrainRequest(home, "Toy", "2d", 0, trainer_name="IntraSiteVariabilityAlignment", device="cpu",
+                                seed=0, trainer_options={"target_images": str(target), "source_sites": ["zz"]},
+                                settings=dict(num_epochs=1, iterations_per_epoch=1, num_workers=0)))
 
 
 def _context(home, tmp_path, configuration="2d"):

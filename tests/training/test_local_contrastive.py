@@ -13,7 +13,7 @@ import torch
 from medseg_auto.training.checkpoint import FINAL, load_checkpoint
 from medseg_auto.training.hooks import TrainingContext, TrainingSettings
 from medseg_auto.training.losses.local_contrastive import local_contrastive_loss, sample_pixels
-from medseg_auto.training.run import train_fold
+from medseg_auto.training.run import TrainRequest, train_fold
 from medseg_auto.training.trainers.local_contrastive import LocalContrastive
 
 from conftest import make_toy_home
@@ -94,8 +94,9 @@ def test_a_coarser_tap_downsamples_the_labels_and_bad_taps_are_refused():
 @pytest.mark.parametrize("configuration", ["2d", "3d_fullres"])
 def test_trains_end_to_end_on_two_sites(tmp_path, configuration):
     home = make_toy_home(tmp_path / "home", sites=["a", "a", "a", "b", "b", "b"])
-    folder = train_fold(home, "Toy", configuration, 0, trainer_name="LocalContrastive", epochs=2, iters_per_epoch=2,
-                        device="cpu", seed=0, num_workers=0, trainer_options={"lc_pixels": 8})
+    folder = train_fold(TrainRequest(home, "Toy", configuration, 0, trainer_name="LocalContrastive", device="cpu",
+                                     seed=0, trainer_options={"lc_pixels": 8},
+                                     settings=dict(num_epochs=2, iterations_per_epoch=2, num_workers=0)))
     rows = list(csv.DictReader(open(folder / "progress.csv")))
     assert all(math.isfinite(float(row["lc_loss"])) and float(row["lc_anchors"]) > 0 for row in rows)
     state = load_checkpoint(folder / FINAL)["methods_state"]["LocalContrastive"]

@@ -13,7 +13,7 @@ from medseg_auto.cli.main import build_parser
 from medseg_auto.training.checkpoint import FINAL, load_checkpoint
 from medseg_auto.training.data.amplitude_mixup import choose_donors, low_frequency_mask, mix_low_frequency_amplitude
 from medseg_auto.training.registry import get_trainer
-from medseg_auto.training.run import train_fold
+from medseg_auto.training.run import TrainRequest, train_fold
 from medseg_auto.training.trainers.random_amplitude_mixup import RandomAmplitudeMixup
 
 
@@ -98,8 +98,8 @@ def test_transform_batch_mixes_the_chosen_samples_and_logs_a_single_site_once(ca
 
 def test_ram_trains_end_to_end_on_two_sites(toy_home_factory):
     home = toy_home_factory(sites=["a", "b"] * 3)
-    folder = train_fold(home, "Toy", "2d", 0, trainer_name="RandomAmplitudeMixup", epochs=1, iters_per_epoch=3,
-                        device="cpu", seed=0, num_workers=0)
+    folder = train_fold(TrainRequest(home, "Toy", "2d", 0, trainer_name="RandomAmplitudeMixup", device="cpu",
+                                     seed=0, settings=dict(num_epochs=1, iterations_per_epoch=3, num_workers=0)))
     with open(folder / "progress.csv") as handle:
         row = next(csv.DictReader(handle))
     assert 0.0 <= float(row["ram_mixed"]) <= 1.0 and float(row["ram_cross_site"]) > 0.0
@@ -112,9 +112,10 @@ def test_sgcg_ram_combines_both_methods_with_both_option_sets(toy_home_factory):
                                       "--ram-probability", "0.8", "--sgcg-weight", "0.2"])
     assert args.ram_probability == 0.8 and args.sgcg_weight == 0.2
     home = toy_home_factory(sites=["a", "b"] * 3)
-    folder = train_fold(home, "Toy", "2d", 0, trainer_name="SemanticGuidedContrastiveRAM", epochs=2,
-                        iters_per_epoch=1, device="cpu", seed=0, num_workers=0,
-                        trainer_options={"ram_probability": 0.8, "sgcg_weight": 0.2})
+    folder = train_fold(TrainRequest(home, "Toy", "2d", 0, trainer_name="SemanticGuidedContrastiveRAM",
+                                     device="cpu", seed=0,
+                                     trainer_options={"ram_probability": 0.8, "sgcg_weight": 0.2},
+                                     settings=dict(num_epochs=2, iterations_per_epoch=1, num_workers=0)))
     assert folder.parent.name == "SemanticGuidedContrastiveRAM__plans__2d"
     with open(folder / "progress.csv") as handle:
         rows = list(csv.DictReader(handle))

@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent(f"""
     import sys, time
     from medseg_auto.training.hooks import DomainMethod
     from medseg_auto.training.registry import register_trainer
-    from medseg_auto.training.run import train_fold
+    from medseg_auto.training.run import TrainRequest, train_fold
 
     @register_trainer("SlowTest")
     class SlowTest(DomainMethod):
@@ -28,8 +28,9 @@ SCRIPT = textwrap.dedent(f"""
         def on_epoch_end(self, epoch, logs):
             time.sleep(float(sys.argv[3]))
 
-    train_fold(sys.argv[1], "Toy", "3d_fullres", 0, trainer_name="SlowTest", epochs={EPOCHS},
-               iters_per_epoch=3, device="cpu", seed=7, num_workers=0, continue_training=sys.argv[2] == "continue")
+    train_fold(TrainRequest(sys.argv[1], "Toy", "3d_fullres", 0, trainer_name="SlowTest", device="cpu", seed=7,
+                            settings={{"num_epochs": {EPOCHS}, "iterations_per_epoch": 3, "num_workers": 0}},
+                            continue_training=sys.argv[2] == "continue"))
 """)
 
 

@@ -14,7 +14,7 @@ from medseg_auto.training.losses.class_statistics import ClassFeatureStatistics
 from medseg_auto.training.losses.semantic_contrast import (
     IGNORE, downsample_labels, sample_pixels, semantic_contrastive_loss,
 )
-from medseg_auto.training.run import train_fold
+from medseg_auto.training.run import TrainRequest, train_fold
 
 
 def test_closed_form_known_value_by_hand():
@@ -136,8 +136,10 @@ def test_labels_downsampled_by_majority_and_pixels_gathered():
 
 def test_sgcg_trains_warms_up_and_resumes_its_statistics(toy_home_factory):
     home = toy_home_factory(sites=["a", "b"] * 3)
-    kwargs = dict(trainer_name="SemanticGuidedContrastive", iters_per_epoch=2, device="cpu", seed=0, num_workers=0)
-    folder = train_fold(home, "Toy", "2d", 0, epochs=2, **kwargs)
+    kwargs = dict(trainer_name="SemanticGuidedContrastive", device="cpu", seed=0)
+    common_settings = dict(iterations_per_epoch=2, num_workers=0)
+    folder = train_fold(TrainRequest(home, "Toy", "2d", 0, settings=dict(num_epochs=2, **common_settings),
+                                     **kwargs))
     with open(folder / "progress.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [float(row["sgcg_active"]) for row in rows] == [0.0, 1.0]
@@ -146,6 +148,7 @@ def test_sgcg_trains_warms_up_and_resumes_its_statistics(toy_home_factory):
     state = load_checkpoint(folder / FINAL)["methods_state"]["SemanticGuidedContrastive"]
     assert float(state["statistics"]["count"].sum()) == 4 * 4 * 16 * 16 and state["statistics"]["kind"] == "diagonal"
     assert state["head"]["2.weight"].shape == (64, 4)  # the 2d toy's last decoder stage has 4 channels
-    folder = train_fold(home, "Toy", "2d", 0, epochs=3, continue_training=True, **kwargs)
+    folder = train_fold(TrainRequest(home, "Toy", "2d", 0, continue_training=True,
+                                     settings=dict(num_epochs=3, **common_settings), **kwargs))
     resumed = load_checkpoint(folder / FINAL)["methods_state"]["SemanticGuidedContrastive"]
     assert float(resumed["statistics"]["count"].sum()) == 6 * 4 * 16 * 16  # counts went on from the checkpoint

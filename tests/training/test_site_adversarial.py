@@ -12,12 +12,13 @@ import torch
 from medseg_auto.errors import MedsegError
 from medseg_auto.training.checkpoint import FINAL, load_checkpoint
 from medseg_auto.training.hooks import TrainingContext, TrainingSettings
-from medseg_auto.training.run import train_fold
+from medseg_auto.training.run import TrainRequest, train_fold
 from medseg_auto.training.trainers.site_adversarial import SiteAdversarial, ramped_lambda, reverse_gradient
 
 from conftest import make_toy_home, toy_plans
 
-FAST = dict(device="cpu", seed=0, num_workers=0, iters_per_epoch=2, val_iters_per_epoch=1)
+FAST = dict(device="cpu", seed=0)
+FAST_SETTINGS = dict(num_workers=0, iterations_per_epoch=2, val_iterations_per_epoch=1)
 
 
 def test_reverse_gradient_flips_and_scales():
@@ -80,13 +81,15 @@ def test_one_site_is_refused(tmp_path):
         method_on({"c1": "x", "c2": "x", "c3": None})
     home = make_toy_home(tmp_path / "one_site", sites=["a"] * 6)
     with pytest.raises(MedsegError, match="at least two sites"):
-        train_fold(home, "Toy", "2d", 0, trainer_name="SiteAdversarial", epochs=1, **FAST)
+        train_fold(TrainRequest(home, "Toy", "2d", 0, trainer_name="SiteAdversarial",
+                                settings=dict(num_epochs=1, **FAST_SETTINGS), **FAST))
 
 
 def test_site_adversarial_end_to_end_logs_accuracy_and_resumes(tmp_path):
     home = make_toy_home(tmp_path / "home", sites=["a", "a", "a", "b", "b", "b"])
-    folder = train_fold(home, "Toy", "2d", 0, trainer_name="SiteAdversarial", epochs=2,
-                        trainer_options={"grl_lambda": 0.2}, **FAST)
+    folder = train_fold(TrainRequest(home, "Toy", "2d", 0, trainer_name="SiteAdversarial",
+                                     trainer_options={"grl_lambda": 0.2},
+                                     settings=dict(num_epochs=2, **FAST_SETTINGS), **FAST))
     with open(folder / "progress.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 2
@@ -95,7 +98,8 @@ def test_site_adversarial_end_to_end_logs_accuracy_and_resumes(tmp_path):
     assert [float(row["grl_lambda"]) for row in rows] == pytest.approx([0.0, ramped_lambda(0.2, 1, 2)])
     state = load_checkpoint(folder / FINAL)["methods_state"]["SiteAdversarial"]
     assert state["sites"] == ["a", "b"] and state["head"]
-    train_fold(home, "Toy", "2d", 0, trainer_name="SiteAdversarial", epochs=3, continue_training=True,
-               trainer_options={"grl_lambda": 0.2}, **FAST)
+    train_fold(TrainRequest(home, "Toy", "2d", 0, trainer_name="SiteAdversarial", continue_training=True,
+                            trainer_options={"grl_lambda": 0.2}, settings=dict(num_epochs=3, **FAST_SETTINGS),
+                            **FAST))
     resumed = load_checkpoint(folder / FINAL)["methods_state"]["SiteAdversarial"]["head"]
     assert any(not torch.equal(resumed[name], state["head"][name]) for name in resumed)  # trained on, not reset

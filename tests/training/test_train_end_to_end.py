@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from medseg_auto.cli.main import main
-from medseg_auto.training import final_validation
 from medseg_auto.training.checkpoint import BEST, FINAL, LATEST, load_checkpoint
-from medseg_auto.training.run import train_fold
+from medseg_auto.training.run import TrainRequest, train_fold
 
-FAST = dict(device="cpu", seed=0, num_workers=0)
+FAST = dict(device="cpu", seed=0)
+FAST_SETTINGS = dict(num_workers=0)
 
 
 def read_progress(folder):
@@ -23,7 +23,8 @@ def read_progress(folder):
 
 @pytest.mark.parametrize("configuration", ["3d_fullres", "2d"])
 def test_train_writes_results_layout(toy_home, configuration):
-    folder = train_fold(toy_home, "Toy", configuration, 0, epochs=2, iters_per_epoch=2, **FAST)
+    folder = train_fold(TrainRequest(toy_home, "Toy", configuration, 0,
+                                     settings=dict(num_epochs=2, iterations_per_epoch=2, **FAST_SETTINGS), **FAST))
     assert folder == toy_home.results / "Dataset901_Toy" / f"Base__plans__{configuration}" / "fold_0"
     assert (folder.parent / "plans.json").is_file() and (folder.parent / "dataset.json").is_file()
     for name in ("training_log.txt", "progress.csv", "progress.png", FINAL, BEST):
@@ -39,7 +40,8 @@ def test_train_writes_results_layout(toy_home, configuration):
 
 
 def test_checkpoint_holds_everything_needed_to_resume_and_predict(toy_home):
-    folder = train_fold(toy_home, "Toy", "3d_fullres", 1, epochs=1, iters_per_epoch=1, **FAST)
+    folder = train_fold(TrainRequest(toy_home, "Toy", "3d_fullres", 1,
+                                     settings=dict(num_epochs=1, iterations_per_epoch=1, **FAST_SETTINGS), **FAST))
     payload = load_checkpoint(folder / FINAL)
     assert {"network_weights", "optimizer_state", "scheduler_state", "grad_scaler_state", "current_epoch",
             "logging", "best_ema", "rng_states", "trainer_name", "init_args", "plans_name", "configuration",
@@ -50,44 +52,53 @@ def test_checkpoint_holds_everything_needed_to_resume_and_predict(toy_home):
 
 
 def test_loss_goes_down_on_a_learnable_toy_problem(toy_home):
-    folder = train_fold(toy_home, "Toy", "2d", 0, epochs=6, iters_per_epoch=5, **FAST)
+    folder = train_fold(TrainRequest(toy_home, "Toy", "2d", 0,
+                                     settings=dict(num_epochs=6, iterations_per_epoch=5, **FAST_SETTINGS), **FAST))
     losses = [float(row["train_loss"]) for row in read_progress(folder)]
     assert losses[-1] < 0.8 * losses[0]
 
 
 def test_fold_all_and_presets(toy_home):
-    folder = train_fold(toy_home, "Toy", "2d", "all", trainer_name="NoMirroring", epochs=1, iters_per_epoch=1, **FAST)
+    folder = train_fold(TrainRequest(toy_home, "Toy", "2d", "all", trainer_name="NoMirroring",
+                                     settings=dict(num_epochs=1, iterations_per_epoch=1, **FAST_SETTINGS), **FAST))
     assert folder.name == "fold_all" and folder.parent.name == "NoMirroring__plans__2d"
     payload = load_checkpoint(folder / FINAL)
     assert payload["inference_allowed_mirroring_axes"] is None
     assert len(payload["init_args"]["settings"]) > 0
-    folder = train_fold(toy_home, "Toy", "3d_fullres", 0, trainer_name="NoDeepSupervision", epochs=1,
-                        iters_per_epoch=1, **FAST)
+    folder = train_fold(TrainRequest(toy_home, "Toy", "3d_fullres", 0, trainer_name="NoDeepSupervision",
+                                     settings=dict(num_epochs=1, iterations_per_epoch=1, **FAST_SETTINGS), **FAST))
     assert not any("deep_supervision_heads" in key for key in load_checkpoint(folder / FINAL)["network_weights"])
-    folder = train_fold(toy_home, "Toy", "2d", 0, trainer_name="FewEpochs", iters_per_epoch=1, **FAST)
+    folder = train_fold(TrainRequest(toy_home, "Toy", "2d", 0, trainer_name="FewEpochs",
+                                     settings=dict(iterations_per_epoch=1, **FAST_SETTINGS), **FAST))
     assert len(read_progress(folder)) == 10  # the preset's epochs, with --iters-per-epoch overriding its 50
 
 
 def test_continue_after_the_end_trains_no_more(toy_home):
-    folder = train_fold(toy_home, "Toy", "2d", 0, epochs=2, iters_per_epoch=1, **FAST)
+    folder = train_fold(TrainRequest(toy_home, "Toy", "2d", 0,
+                                     settings=dict(num_epochs=2, iterations_per_epoch=1, **FAST_SETTINGS), **FAST))
     before = load_checkpoint(folder / FINAL)["network_weights"]
-    train_fold(toy_home, "Toy", "2d", 0, continue_training=True, **FAST)  # keeps the run's 2 epochs
+    train_fold(TrainRequest(toy_home, "Toy", "2d", 0, continue_training=True, settings=FAST_SETTINGS,
+                            **FAST))  # keeps the run's 2 epochs
     assert len(read_progress(folder)) == 2
     after = load_checkpoint(folder / FINAL)["network_weights"]
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_continue_with_more_epochs_stretches_the_poly_schedule(toy_home):
-    folder = train_fold(toy_home, "Toy", "2d", 0, epochs=2, iters_per_epoch=1, **FAST)
-    train_fold(toy_home, "Toy", "2d", 0, epochs=4, iters_per_epoch=1, continue_training=True, **FAST)
+    folder = train_fold(TrainRequest(toy_home, "Toy", "2d", 0,
+                                     settings=dict(num_epochs=2, iterations_per_epoch=1, **FAST_SETTINGS), **FAST))
+    train_fold(TrainRequest(toy_home, "Toy", "2d", 0, continue_training=True,
+                            settings=dict(num_epochs=4, iterations_per_epoch=1, **FAST_SETTINGS), **FAST))
     lrs = [float(row["lr"]) for row in read_progress(folder)]
     assert len(lrs) == 4 and lrs[2] == pytest.approx(0.01 * (1 - 2 / 4) ** 0.9) and lrs[3] < lrs[2]
 
 
 def test_pretrained_initialises_from_another_run(toy_home):
-    source = train_fold(toy_home, "Toy", "3d_fullres", 0, epochs=1, iters_per_epoch=1, **FAST)
+    source = train_fold(TrainRequest(toy_home, "Toy", "3d_fullres", 0,
+                                     settings=dict(num_epochs=1, iterations_per_epoch=1, **FAST_SETTINGS), **FAST))
     weights = load_checkpoint(source / FINAL)["network_weights"]
-    folder = train_fold(toy_home, "Toy", "3d_fullres", 1, epochs=0, pretrained=source / FINAL, **FAST)
+    folder = train_fold(TrainRequest(toy_home, "Toy", "3d_fullres", 1, pretrained=source / FINAL,
+                                     settings=dict(num_epochs=0, **FAST_SETTINGS), **FAST))
     loaded = load_checkpoint(folder / FINAL)["network_weights"]
     assert all(torch.equal(weights[k], loaded[k]) for k in weights)  # 0 epochs: the weights are the source's
 
@@ -100,17 +111,17 @@ def test_train_command_runs(toy_home, capsys):
     assert load_checkpoint(folder / FINAL)["init_args"]["settings"]["cpu_bf16"] is False
 
 
-def test_final_validation_is_skipped_and_said_so_without_the_inference_stage(toy_home, monkeypatch):
-    monkeypatch.setattr(final_validation, "INFERENCE_MODULE", "medseg_auto.not_there.validation")
-    folder = train_fold(toy_home, "Toy", "2d", 2, epochs=1, iters_per_epoch=1, **FAST)
-    summary = json.loads((folder / "validation" / "summary.json").read_text())
-    assert summary["skipped"] is True and "not available" in summary["reason"] and len(summary["case_ids"]) >= 1
+def test_final_validation_false_trains_without_validating(toy_home):
+    folder = train_fold(TrainRequest(toy_home, "Toy", "2d", 2, final_validation=False,
+                                     settings=dict(num_epochs=1, iterations_per_epoch=1, **FAST_SETTINGS), **FAST))
+    assert (folder / FINAL).is_file() and not (folder / "validation").exists()
 
 
 def test_fresh_run_sets_the_earlier_run_aside_so_continue_resumes_the_new_one(toy_home, monkeypatch):
     from medseg_auto.training.trainer import Trainer
 
-    folder = train_fold(toy_home, "Toy", "2d", 0, epochs=3, iters_per_epoch=1, **FAST)  # an earlier, finished run
+    folder = train_fold(TrainRequest(toy_home, "Toy", "2d", 0,  # an earlier, finished run
+                                     settings=dict(num_epochs=3, iterations_per_epoch=1, **FAST_SETTINGS), **FAST))
     run_epoch = Trainer.run_epoch
 
     def interrupted(self, *args):
@@ -120,9 +131,11 @@ def test_fresh_run_sets_the_earlier_run_aside_so_continue_resumes_the_new_one(to
 
     monkeypatch.setattr(Trainer, "run_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        train_fold(toy_home, "Toy", "2d", 0, epochs=2, iters_per_epoch=1, **FAST)
+        train_fold(TrainRequest(toy_home, "Toy", "2d", 0,
+                                settings=dict(num_epochs=2, iterations_per_epoch=1, **FAST_SETTINGS), **FAST))
     assert not (folder / FINAL).exists() and (folder / LATEST).exists()
     assert load_checkpoint(folder / "previous_run" / FINAL)["current_epoch"] == 3
     monkeypatch.setattr(Trainer, "run_epoch", run_epoch)
-    train_fold(toy_home, "Toy", "2d", 0, continue_training=True, **FAST)
+    train_fold(TrainRequest(toy_home, "Toy", "2d", 0, continue_training=True, settings=FAST_SETTINGS,
+                            **FAST))
     assert load_checkpoint(folder / FINAL)["current_epoch"] == 2 and len(read_progress(folder)) == 2

@@ -20,7 +20,8 @@ from sklearn.model_selection import KFold, StratifiedKFold
 from medseg_auto.errors import DatasetError
 from medseg_auto.utils.atomic import read_json, write_json_atomic
 
-SPLITS_FILE_NAME = "splits.json"
+SPLITS_FILE_NAME = "splits.json"  # the dataset's cross-validation folds, next to its preprocessed data
+SPLIT_FILE = "split.json"  # fold_<tag>/split.json: the case lists of a run with an explicit split
 DEFAULT_N_FOLDS = 5
 DEFAULT_SEED = 12345
 _UNKNOWN_SITE = "<no site>"
