@@ -7,16 +7,34 @@ loaded from a plain-data checkpoint (``torch.load(weights_only=True)``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+from torch import nn
+
 from medseg_auto.errors import MedsegError
-from medseg_auto.inference.predict import LoadedModel
-from medseg_auto.planning.plans import PLANS_FILE_NAME, Plans
+from medseg_auto.planning.plans import PLANS_FILE_NAME, ConfigurationPlan, Plans
 from medseg_auto.training.checkpoint import load_checkpoint
 from medseg_auto.training.network_registry import DEFAULT_NETWORK, build_registered_network
 from medseg_auto.training.registry import get_trainer
 
 CHECKPOINT_FILES = {"final": "checkpoint_final.pt", "best": "checkpoint_best.pt", "latest": "checkpoint_latest.pt"}
+
+
+@dataclass
+class LoadedModel:
+    """One trained network with what prediction needs to know about it.
+
+    ``network`` (eval mode) maps ``(B, C, *patch)`` to logits ``(B, K, *patch)``; ``mirror_axes``
+    are the spatial axes allowed for test-time mirroring (None: none); ``name`` is the fold
+    folder's name (``fold_0``), which the OOD references are looked up by.
+    """
+
+    network: nn.Module
+    plans: Plans
+    config: ConfigurationPlan
+    mirror_axes: list[int] | None
+    name: str = "model"
 
 
 def experiment_folder(results_dataset_folder: Path, trainer: str, plans_name: str, configuration: str) -> Path:

@@ -28,7 +28,7 @@ from medseg_auto.inference.feature_statistics import (
     DEFAULT_TAPS, CaseFeatureRecorder, FeatureStatistics, has_taps, tap_signature,
 )
 from medseg_auto.inference.ood import DEFAULT_PERCENTILE, MIN_REFERENCE_CASES, OOD_REFERENCE_FILE, OodReference
-from medseg_auto.inference.predict import LoadedModel
+from medseg_auto.inference.model_loading import LoadedModel
 from medseg_auto.inference.sliding_window import predict_logits
 from medseg_auto.planning.plans import ConfigurationPlan
 from medseg_auto.preprocessing.cache import PreprocessedCache

@@ -26,7 +26,8 @@ from medseg_auto.dataset.case_loader import load_case_images
 from medseg_auto.errors import MedsegError
 from medseg_auto.inference.export import export_prediction, logits_to_probabilities
 from medseg_auto.inference.feature_statistics import views_per_window
-from medseg_auto.inference.inputs import find_input_cases
+from medseg_auto.inference.model_loading import LoadedModel
+from medseg_auto.dataset.inputs import find_input_cases
 from medseg_auto.inference.sliding_window import predict_logits
 from medseg_auto.paths import safe_child
 from medseg_auto.planning.plans import ConfigurationPlan, Plans
@@ -36,20 +37,8 @@ from medseg_auto.utils.logging_setup import get_logger
 
 if TYPE_CHECKING:
     from medseg_auto.inference.fda_donors import FdaAdapter
-    from medseg_auto.inference.ood_references import OodScorer
 
 log = get_logger("inference")
-
-
-@dataclass
-class LoadedModel:
-    """One trained network with what prediction needs to know about it."""
-
-    network: nn.Module
-    plans: Plans
-    config: ConfigurationPlan
-    mirror_axes: list[int] | None
-    name: str = "model"
 
 
 @dataclass
@@ -78,6 +67,14 @@ class FeatureWatcher(Protocol):
     """Something that records feature statistics while model ``index`` predicts (see :mod:`.ood`)."""
 
     def watch(self, index: int, network: nn.Module, views: int) -> ContextManager[None]: ...
+
+
+class CaseScorer(FeatureWatcher, Protocol):
+    """A :class:`FeatureWatcher` that scores the case it watched: the OOD scorer
+    (:class:`~medseg_auto.inference.ood_references.OodScorer`). A protocol, so this module
+    need not import the scorer's module (which imports :class:`LoadedModel`)."""
+
+    def score_case(self) -> dict[str, Any] | None: ...
 
 
 def resolve_device(device: str) -> torch.device:
@@ -133,7 +130,7 @@ def predict_images(
 def predict_folder(
     input_path: Path, output_folder: Path, models: list[LoadedModel], file_ending: str | None,
     options: PredictionOptions, postprocess: Callable[[np.ndarray], np.ndarray] | None = None,
-    fda: FdaAdapter | None = None, ood: OodScorer | None = None,
+    fda: FdaAdapter | None = None, ood: CaseScorer | None = None,
 ) -> PredictionReport:
     """Predict every case of ``input_path`` into ``output_folder``; return what happened.
 
@@ -186,7 +183,7 @@ def predict_folder(
 
 
 def _predict_case(case_id: str, models: list[LoadedModel], data: np.ndarray, options: PredictionOptions,
-                  device: torch.device, fda: FdaAdapter | None, ood: OodScorer | None,
+                  device: torch.device, fda: FdaAdapter | None, ood: CaseScorer | None,
                   report: PredictionReport) -> np.ndarray:
     """The averaged softmax of one case, with FDA views and OOD score when asked for.
 

@@ -25,7 +25,8 @@ from medseg_auto.inference.export import export_prediction
 from medseg_auto.inference.feature_statistics import CaseFeatureRecorder, has_taps
 from medseg_auto.inference.ood import OOD_REFERENCE_FILE
 from medseg_auto.inference.ood_references import save_reference
-from medseg_auto.inference.predict import LoadedModel, PredictionOptions, predict_preprocessed
+from medseg_auto.inference.model_loading import LoadedModel
+from medseg_auto.inference.predict import PredictionOptions, predict_preprocessed
 from medseg_auto.planning.plans import ConfigurationPlan, Plans
 from medseg_auto.preprocessing.cache import PreprocessedCache
 from medseg_auto.utils.logging_setup import get_logger

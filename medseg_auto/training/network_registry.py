@@ -11,14 +11,12 @@ branches) may also define ``pop_auxiliary_heads() -> list[list[Tensor]]``: the t
 the segmentation loss of each returned head list to the step's loss.
 
 The name is stored in each checkpoint (``network_name``), so ``predict`` rebuilds the same
-network. Built-in variants live in :mod:`medseg_auto.training.networks` (imported on first
-lookup, like the trainers).
+network. Built-in variants live in :mod:`medseg_auto.training.networks`, imported on first
+lookup by the same :class:`~medseg_auto.utils.plugins.PluginDiscovery` as the trainers.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass
 from typing import Callable
 
@@ -27,6 +25,7 @@ from torch import nn
 from medseg_auto.errors import MedsegError
 from medseg_auto.planning.plans import ConfigurationPlan
 from medseg_auto.training.network import build_dynunet
+from medseg_auto.utils.plugins import PluginDiscovery
 
 DEFAULT_NETWORK = "dynunet"
 BUILTIN_PACKAGE = "medseg_auto.training.networks"
@@ -41,7 +40,7 @@ class NetworkSpec:
 
 
 _NETWORKS: dict[str, NetworkSpec] = {}
-_discovered = False
+DISCOVERY = PluginDiscovery(BUILTIN_PACKAGE)
 
 
 def register_network(name: str, description: str) -> Callable[[NetworkBuilder], NetworkBuilder]:
@@ -61,7 +60,7 @@ register_network(DEFAULT_NETWORK, "MONAI DynUNet from the plans (nnU-Net's Plain
 
 
 def available_networks() -> dict[str, NetworkSpec]:
-    _discover()
+    DISCOVERY()
     return dict(sorted(_NETWORKS.items()))
 
 
@@ -72,16 +71,3 @@ def build_registered_network(name: str, configuration: ConfigurationPlan, in_cha
     if name not in networks:
         raise MedsegError(f"unknown network '{name}'; available: {', '.join(networks)}")
     return networks[name].builder(configuration, in_channels, num_classes, deep_supervision)
-
-
-def _discover() -> None:
-    global _discovered
-    if _discovered:
-        return
-    _discovered = True
-    try:
-        package = importlib.import_module(BUILTIN_PACKAGE)
-    except ModuleNotFoundError:
-        return
-    for module in pkgutil.iter_modules(package.__path__, prefix=f"{BUILTIN_PACKAGE}."):
-        importlib.import_module(module.name)

@@ -21,21 +21,17 @@ A registered trainer is a :class:`TrainerSpec`: a name, a one-line description a
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass
-from importlib.metadata import entry_points
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from medseg_auto.errors import MedsegError
 from medseg_auto.training.hooks import DomainMethod
-from medseg_auto.utils.logging_setup import get_logger
+from medseg_auto.utils.plugins import PluginDiscovery
 
 ENTRY_POINT_GROUP = "medseg_auto.trainers"
 BUILTIN_PACKAGE = "medseg_auto.training.trainers"
 COMBINE = "+"
 
-log = get_logger("training.registry")
 MethodClass = TypeVar("MethodClass", bound=type[DomainMethod])
 
 
@@ -62,7 +58,6 @@ class TrainerSpec:
 
 
 _REGISTRY: dict[str, TrainerSpec] = {}
-_discovered = False
 
 
 def register_trainer(name: str | None = None, description: str | None = None) -> Callable[[MethodClass], MethodClass]:
@@ -104,7 +99,7 @@ def register_combined_trainer(name: str, methods: tuple[type[DomainMethod], ...]
 
 def available_trainers() -> dict[str, TrainerSpec]:
     """Every registered trainer, sorted by name (built-ins and entry points)."""
-    _discover()
+    DISCOVERY()
     return dict(sorted(_REGISTRY.items()))
 
 
@@ -113,7 +108,7 @@ def get_trainer(name: str) -> TrainerSpec:
     known = available_trainers()
     parts = [part.strip() for part in name.split(COMBINE)]
     missing = [part for part in parts if part not in known]
-    if missing or not parts:
+    if missing:  # split() gives at least one part; an empty name is a missing one
         raise UnknownTrainerError(
             f"unknown trainer {name!r}; known trainers: {', '.join(known)}. "
             f"Third-party trainers register through the entry-point group '{ENTRY_POINT_GROUP}'."
@@ -124,24 +119,15 @@ def get_trainer(name: str) -> TrainerSpec:
     return TrainerSpec(name, " + ".join(known[part].description for part in parts), methods)
 
 
-def _discover() -> None:
-    """Import the built-in trainer modules and load the entry points, once per process."""
-    global _discovered
-    if _discovered:
-        return
-    _discovered = True
-    package = importlib.import_module(BUILTIN_PACKAGE)
-    for module in pkgutil.iter_modules(package.__path__, prefix=f"{BUILTIN_PACKAGE}."):
-        importlib.import_module(module.name)
-    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            loaded = entry_point.load()
-        except Exception as error:  # a broken plug-in must not break the built-in trainers
-            log.warning("could not load trainer entry point %s (%s): %r", entry_point.name, entry_point.value, error)
-            continue
-        registered = any(loaded in spec.methods for spec in _REGISTRY.values())
-        if isinstance(loaded, type) and issubclass(loaded, DomainMethod) and not registered:
-            register_trainer(entry_point.name)(loaded)
+def _register_entry_point(name: str, loaded: Any) -> None:
+    """A ``DomainMethod`` subclass from an entry point is registered under the entry point's
+    name unless it registered itself; a module registered its trainers on import."""
+    registered = any(loaded in spec.methods for spec in _REGISTRY.values())
+    if isinstance(loaded, type) and issubclass(loaded, DomainMethod) and not registered:
+        register_trainer(name)(loaded)
+
+
+DISCOVERY = PluginDiscovery(BUILTIN_PACKAGE, ENTRY_POINT_GROUP, _register_entry_point)
 
 
 def _first_line(text: str | None) -> str:

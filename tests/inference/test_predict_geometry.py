@@ -7,7 +7,8 @@ import SimpleITK as sitk
 from PIL import Image
 
 from medseg_auto.dataset.image_io import read_segmentation
-from medseg_auto.inference.predict import LoadedModel, PredictionOptions, predict_folder, predict_preprocessed
+from medseg_auto.inference.model_loading import LoadedModel
+from medseg_auto.inference.predict import PredictionOptions, predict_folder, predict_preprocessed
 
 from .conftest import ThresholdNetwork, make_plans
 

@@ -8,6 +8,7 @@ from medseg_auto.cli.main import main
 from medseg_auto.training import registry
 from medseg_auto.training.hooks import DomainMethod, TrainingSettings
 from medseg_auto.training.registry import UnknownTrainerError, available_trainers, get_trainer, register_trainer
+from medseg_auto.utils import plugins
 
 SHIPPED = ("Base", "FewEpochs", "NoDeepSupervision", "NoMirroring")
 
@@ -55,9 +56,9 @@ def test_entry_point_trainers_are_discovered(monkeypatch):
         def load(self):
             return FromPlugin
 
-    monkeypatch.setattr(registry, "_discovered", False)
+    monkeypatch.setattr(registry.DISCOVERY, "done", False)
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    monkeypatch.setattr(registry, "entry_points", lambda group: [FakeEntryPoint()] if group == registry.ENTRY_POINT_GROUP else [])
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [FakeEntryPoint()] if group == registry.ENTRY_POINT_GROUP else [])
     spec = get_trainer("PluginMethod")
     assert spec.methods == (FromPlugin,) and spec.description == "A third-party method."
 
@@ -69,3 +70,9 @@ def test_decorator_refuses_a_name_taken_by_another_class(monkeypatch):
         @register_trainer("Base")
         class Impostor(DomainMethod):
             """Not the base."""
+
+
+@pytest.mark.parametrize("name", ["", "Base+", "+Base"])
+def test_an_empty_part_of_a_trainer_name_is_unknown(name):
+    with pytest.raises(UnknownTrainerError, match="unknown trainer"):
+        get_trainer(name)

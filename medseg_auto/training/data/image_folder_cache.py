@@ -13,7 +13,7 @@ from pathlib import Path
 
 from medseg_auto.dataset.case_loader import load_case_images
 from medseg_auto.errors import DatasetError
-from medseg_auto.inference.inputs import find_input_cases
+from medseg_auto.dataset.inputs import find_input_cases
 from medseg_auto.planning.plans import ConfigurationPlan, Plans
 from medseg_auto.preprocessing.cache import PreprocessedCache
 from medseg_auto.preprocessing.case_pipeline import preprocess_case

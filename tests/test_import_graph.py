@@ -1,0 +1,97 @@
+"""Imports flow one way: no module imports a higher pipeline stage, and no two modules import
+each other (directly or round a loop). Read statically from the source, so imports inside
+functions count as much as those at the top of a file.
+
+Stage order (the developers' guide): utils, errors, paths < dataset < planning <
+preprocessing < training < inference < evaluation < experiments < cli, demo.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "medseg_auto"
+STAGE_RANK = {
+    "": 0, "utils": 0, "errors": 0, "paths": 0, "dataset": 1, "planning": 2, "preprocessing": 3,
+    "training": 4, "inference": 5, "evaluation": 6, "experiments": 7, "cli": 8, "demo": 8, "__main__": 9,
+}
+
+# The arrows that run up, each with the reason it may. A new one belongs here only with a reason.
+ALLOWED_UPWARD = {
+    ("medseg_auto.training.final_validation", "medseg_auto.inference.validation"):
+        "nnU-Net's recipe validates a fold as the last step of training: train needs the predictor",
+    ("medseg_auto.inference.validation", "medseg_auto.evaluation.evaluate"):
+        "the final validation scores with the same per-case functions as 'medseg-auto evaluate'",
+    ("medseg_auto.inference.validation", "medseg_auto.evaluation.metrics"):
+        "the final validation scores with the same per-case functions as 'medseg-auto evaluate'",
+    ("medseg_auto.inference.validation", "medseg_auto.evaluation.writing"):
+        "the final validation writes the same metrics files as 'medseg-auto evaluate'",
+    ("medseg_auto.planning.fingerprint", "medseg_auto.preprocessing.cropping"):
+        "the fingerprint measures the cases as preprocessing will crop them (one function serves both)",
+    ("medseg_auto.planning.planner", "medseg_auto.preprocessing.normalization"):
+        "the plans name the normalisation scheme preprocessing will apply (one table serves both)",
+    ("medseg_auto.planning.planner", "medseg_auto.preprocessing.resampling"):
+        "the plans size patches by the shape preprocessing will resample to (one function serves both)",
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def stage_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def import_graph() -> dict[str, set[str]]:
+    """``module -> modules of the package it imports`` (``from a.b import c`` names ``a.b``,
+    or ``a.b.c`` when that is a module)."""
+    modules = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module
+                           for alias in node.names]
+            graph[name] |= {target for target in targets if target in modules and target != name}
+    return graph
+
+
+def test_no_module_imports_a_higher_stage():
+    upward = sorted(
+        (source, target) for source, targets in import_graph().items() for target in targets
+        if STAGE_RANK[stage_of(target)] > STAGE_RANK[stage_of(source)] and (source, target) not in ALLOWED_UPWARD
+    )
+    assert upward == [], "lower stage imports a higher one: " + ", ".join(f"{a} -> {b}" for a, b in upward)
+
+
+def test_the_allowed_upward_imports_still_exist():
+    graph = import_graph()
+    stale = sorted(pair for pair in ALLOWED_UPWARD if pair[1] not in graph.get(pair[0], set()))
+    assert stale == [], f"remove these from ALLOWED_UPWARD: {stale}"
+
+
+def test_no_import_cycle():
+    graph = import_graph()
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    cycles: list[list[str]] = []
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(graph[module]):
+            if state.get(target) == 1:
+                cycles.append(path[path.index(target):] + [module, target] if target in path else [module, target])
+            elif target not in state:
+                visit(target, path + [module])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])
+    assert cycles == [], "import cycles: " + "; ".join(" -> ".join(cycle) for cycle in cycles)
