@@ -1,9 +1,11 @@
 """The plug-in API: a :class:`DomainMethod` customises training only through these named hooks.
 
-The :class:`~medseg_auto.training.trainer.Trainer` owns the loop (data, forward, loss, backward,
+This page is all a method's author needs to read. The
+:class:`~medseg_auto.training.trainer.Trainer` owns the loop (data, forward, loss, backward,
 validation, checkpoints) and holds a list of methods; every hook has a do-nothing default, so a
-method overrides only what its paper changes. A new method is one short file: a subclass,
-decorated with :func:`~medseg_auto.training.registry.register_trainer`.
+method overrides only what its paper changes. A new method is one short file in
+``training/trainers/``: a subclass, decorated with
+:func:`~medseg_auto.training.registry.register_trainer` (found by name, no other wiring).
 
 How several methods combine (a trainer may hold more than one):
 
@@ -12,11 +14,13 @@ hook                               combination
 =================================  ============================================================
 ``add_cli_arguments`` (classmeth)  every method adds its own options to ``medseg-auto train``
 ``configure(settings)``            chained in order (settings -> settings)
-``build_network(plans, config)``   the first non-``None`` wins; else the plans' DynUNet
+``build_network(plans, config)``   the first non-``None`` wins over ``--network``; else the
+                                   registered network ``--network`` names (default DynUNet)
 ``setup(context)``                 all, in order, once the network is on its device
 ``feature_taps()``                 union; forward hooks exist only for requested taps
 ``trainable_modules()``            all; their parameters join the default optimizer
-``extra_loss(...)``                summed into the segmentation loss; logs merged
+``extra_loss(...)``                summed into the segmentation loss; logs merged; runs inside
+                                   the step's autocast (see :meth:`DomainMethod.extra_loss`)
 ``make_sampler(info)``             the first non-``None`` wins; else uniform over cases
                                    (rebuilt every epoch if ``sampler_changes_per_epoch``)
 ``transform_batch(batch, epoch)``  chained in order on every training batch, before forward
@@ -24,19 +28,48 @@ hook                               combination
 ``on_epoch_start/end``             all, in order
 ``extra_checkpoint_state``         stored per method class name, restored to the same class
 =================================  ============================================================
+
+What the network offers a method (the network contract; every registered network and the
+default DynUNet keep it, see :mod:`~medseg_auto.training.network_registry`):
+
+=================================  ============================================================
+member                             meaning
+=================================  ============================================================
+``network(x)`` (train mode)        the deep-supervision heads ``[(B, K, *patch), ...]``, full
+                                   resolution first (one tensor without deep supervision)
+``network(x)`` (eval mode)         logits ``(B, K, *patch)``
+``forward_heads(x)`` (optional)    the heads in eval mode (validation loss); else ``network(x)``
+``pop_auxiliary_heads()`` (opt.)   further head lists of the last training forward (e.g.
+                                   CateNorm's second branch); each is supervised like the heads
+feature taps                       ``encoder.i``, ``bottleneck``, ``decoder.j`` (sizes in
+                                   ``TrainingContext.tap_channels``; the full-resolution decoder
+                                   stage is :meth:`TrainingContext.last_decoder_tap`)
+=================================  ============================================================
+
+``build_network`` or ``--network``? A network usable with any trainer is registered in
+:mod:`~medseg_auto.training.network_registry` and chosen with ``--network``. ``build_network``
+is for a network that belongs to the method (its loss needs the architecture, so ``-tr NAME``
+alone must reproduce the paper); ``predict`` rebuilds it from the trainer name.
+
+Precision and seeds: a method that runs the network itself (a second view, target images)
+wraps the forward in ``context.autocast()``, the trainer's own precision decision, and draws
+its random numbers from ``context.seed``, the run's seed (the same on ``--continue``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from medseg_auto.errors import MedsegError
 from medseg_auto.planning.plans import ConfigurationPlan, Plans
+from medseg_auto.preprocessing.cache import PreprocessedCache
 from medseg_auto.training.data.case_samplers import CaseSampler
 
 SchedulerFactory = Callable[[torch.optim.Optimizer, int], torch.optim.lr_scheduler.LRScheduler]
@@ -109,18 +142,28 @@ class OptimizerSetup:
     make_scheduler: SchedulerFactory | None = None
 
 
+def autocast_context(device: torch.device, dtype: torch.dtype | None) -> ContextManager[Any]:
+    """``torch.autocast`` on ``device`` in ``dtype``; no autocast (float32) when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
 @dataclass
 class TrainingContext:
-    """What :meth:`DomainMethod.setup` may read: the run's plans, network and device.
+    """What :meth:`DomainMethod.setup` may read: the run's plans, network, device and settings.
 
     ``network`` is the bare module (not the DDP wrapper). ``tap_channels`` gives the channel
     count of every tap name (see :mod:`medseg_auto.training.network`), so a method can size a
     discriminator or projection head for the features it asked for. For a network that is not
     a DynUNet (from ``build_network``) taps are its ``named_modules()`` names and
-    ``tap_channels`` is empty. ``cache`` (a :class:`~medseg_auto.preprocessing.cache.PreprocessedCache`),
+    ``tap_channels`` is empty. ``settings`` are the final training settings. ``cache``,
     ``train_case_ids`` and ``sites`` let a method read training cases itself (e.g. to embed
-    features once per epoch); ``pretrained_checkpoint`` is ``--pretrained`` (e.g. to carry its
-    optimizer state over); ``settings`` are the final training settings.
+    features once per epoch); ``output_folder`` is the fold's folder (for a method's own files);
+    ``pretrained_checkpoint`` is ``--pretrained`` (e.g. to carry its optimizer state over).
+    ``seed`` is the run's seed (the recorded one on ``--continue``). ``autocast_dtype`` is the
+    trainer's precision decision (float16 on CUDA, bfloat16 on a CPU where it is native and
+    safe, None: float32); use it through :meth:`autocast`.
     """
 
     plans: Plans
@@ -129,14 +172,28 @@ class TrainingContext:
     device: torch.device
     num_classes: int
     tap_channels: dict[str, int]
+    settings: TrainingSettings
     rank: int = 0
     world_size: int = 1
-    cache: Any = None
+    cache: PreprocessedCache | None = None
     train_case_ids: list[str] = field(default_factory=list)
     sites: dict[str, str | None] = field(default_factory=dict)
     output_folder: Path | None = None
     pretrained_checkpoint: Path | None = None
-    settings: TrainingSettings | None = None
+    seed: int = 0
+    autocast_dtype: torch.dtype | None = None
+
+    def autocast(self) -> ContextManager[Any]:
+        """The training step's autocast, for a forward pass a method runs itself."""
+        return autocast_context(self.device, self.autocast_dtype)
+
+    def last_decoder_tap(self) -> str:
+        """``decoder.{n-2}``: the full-resolution decoder stage (the features the output head reads)."""
+        decoders = [name for name in self.tap_channels if name.startswith("decoder.")]
+        if not decoders:
+            raise MedsegError(f"{type(self.network).__name__} has no decoder taps (decoder.j); use a DynUNet-based "
+                              "network (see training/network_registry.py)")
+        return max(decoders, key=lambda name: int(name.split(".")[1]))
 
 
 class DomainMethod:
@@ -168,7 +225,8 @@ class DomainMethod:
         return settings
 
     def build_network(self, plans: Plans, configuration: ConfigurationPlan) -> nn.Module | None:
-        """Return a network ``(B, C, *patch) -> logits`` to replace the plans' DynUNet, or None."""
+        """Return the method's own network (keeping the network contract above), or None for
+        ``--network``'s. Only for a network that belongs to the method; see the module docstring."""
         return None
 
     def setup(self, context: TrainingContext) -> None:
@@ -214,10 +272,14 @@ class DomainMethod:
     ) -> tuple[torch.Tensor, dict[str, float]] | None:
         """An extra loss term for this training step, or None.
 
+        Runs inside the step's autocast, after the forward pass and before backward.
         ``features``: tap name -> ``(B, F, *s)`` (see :mod:`~medseg_auto.training.network`);
-        ``logits``: the heads, full resolution first, ``[(B, K, *patch), ...]``; ``target``
-        ``(B, 1, *patch)`` int64; ``batch``: the loader's dict (``case_ids``, ``sites``, ...).
-        Returns ``(scalar loss, {name: float})``; the names are logged per epoch (mean).
+        ``logits``: the heads, full resolution first, ``[(B, K, *patch), ...]``. Both arrive in
+        the autocast dtype (``context.autocast_dtype``: float16 on CUDA, bfloat16 on a CPU with
+        bf16 autocast, float32 without): cast to ``.float()`` before sums of squares, variances
+        or exponentials. ``target`` ``(B, 1, *patch)`` int64; ``batch``: the loader's dict
+        (``case_ids``, ``sites``, ...). Returns ``(scalar loss, {name: float})``; the trainer
+        adds ``loss.float()`` and logs the names per epoch (mean).
         """
         return None
 

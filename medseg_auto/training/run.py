@@ -133,10 +133,13 @@ def train_fold(request: TrainRequest) -> Path:
     threads = configure_threads(device, context)
     init_process_group(device, context)
     try:
-        seed = _shared_seed(request.seed, context, device)
         experiment = data.home.results_dataset(data.dataset_name) / trainer_folder_name(
             experiment_trainer_name(spec.name, request.network), request.plans_name, request.configuration)
         output = experiment / fold_folder_name(data.fold)
+        seed = _shared_seed(request.seed, context, device)
+        resumed = _resumed_init_args(output) if request.continue_training else {}
+        # a resumed run keeps its seed from the start: methods seed their own generators in setup
+        seed = int(resumed.get("seed", seed))
         if context.is_main:
             output.mkdir(parents=True, exist_ok=True)
             _copy_dataset_files(data.preprocessed, request.plans_name, experiment)
@@ -144,7 +147,7 @@ def train_fold(request: TrainRequest) -> Path:
         with log_context:
             if context.is_main:
                 _prepare_output(request, data, output)
-            trainer = _build_trainer(request, spec, methods, data, output, seed, device, context)
+            trainer = _build_trainer(request, spec, methods, data, output, seed, device, context, resumed)
             _log_start(trainer, spec.description, threads, len(data.train_ids), len(data.val_ids))
             _restore(trainer, output, request)
             trainer.fit()
@@ -209,7 +212,8 @@ def _prepare_output(request: TrainRequest, data: FoldData, output: Path) -> None
 
 
 def _build_trainer(request: TrainRequest, spec: TrainerSpec, methods: list[DomainMethod], data: FoldData,
-                   output: Path, seed: int, device: torch.device, context: DistributedContext) -> Trainer:
+                   output: Path, seed: int, device: torch.device, context: DistributedContext,
+                   resumed: Mapping[str, Any]) -> Trainer:
     """The request's trainer class on the fold, with the request's settings over the trainer's
     presets (over the stored settings of the run being resumed)."""
     job = TrainingJob(
@@ -220,9 +224,9 @@ def _build_trainer(request: TrainRequest, spec: TrainerSpec, methods: list[Domai
                    "network": request.network},
         pretrained=Path(request.pretrained) if request.pretrained is not None else None, network_name=request.network,
     )
-    overrides = dict(request.settings)
-    if request.continue_training:
-        overrides = {**_stored_settings(output), **overrides}
+    known = {f.name for f in fields(TrainingSettings)}
+    stored = {key: value for key, value in resumed.get("settings", {}).items() if key in known}
+    overrides = {**stored, **request.settings}  # a resumed run keeps its settings but those named again
     return request.trainer_class(job, methods, device=device, distributed=context, overrides=overrides)
 
 
@@ -284,15 +288,11 @@ def _copy_dataset_files(preprocessed: Path, plans_name: str, experiment: Path) -
             shutil.copyfile(preprocessed / name, experiment / name)
 
 
-def _stored_settings(output: Path) -> dict[str, Any]:
-    """The settings of the run being resumed (a resumed run keeps its epochs, iterations, ...;
-    only what the user names again changes). Empty when there is nothing to resume."""
+def _resumed_init_args(output: Path) -> dict[str, Any]:
+    """The ``init_args`` (seed, settings, ...) of the run being resumed; empty when there is
+    nothing to resume."""
     checkpoint = find_resume_checkpoint(output)
-    if checkpoint is None:
-        return {}
-    stored = load_checkpoint(checkpoint).get("init_args", {}).get("settings", {})
-    known = {f.name for f in fields(TrainingSettings)}
-    return {key: value for key, value in stored.items() if key in known}
+    return dict(load_checkpoint(checkpoint).get("init_args", {})) if checkpoint is not None else {}
 
 
 def _restore(trainer: Trainer, output: Path, request: TrainRequest) -> None:

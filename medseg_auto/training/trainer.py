@@ -24,7 +24,6 @@ scaler, curves and random states exactly but draws fresh batches from the resume
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import time
@@ -42,7 +41,9 @@ from medseg_auto.training.data.loader import BatchLoader, make_training_loader, 
 from medseg_auto.training.distributed import (
     DistributedContext, all_reduce_sum, average_gradients, rank_batch_size, wrap_network,
 )
-from medseg_auto.training.hooks import DatasetInfo, DomainMethod, OptimizerSetup, TrainingContext, TrainingSettings
+from medseg_auto.training.hooks import (
+    DatasetInfo, DomainMethod, OptimizerSetup, TrainingContext, TrainingSettings, autocast_context,
+)
 from medseg_auto.training.loss import build_loss
 from medseg_auto.training.network import FeatureTaps, cpu_bf16_is_safe, tap_channels
 from medseg_auto.training.network_registry import DEFAULT_NETWORK, build_registered_network
@@ -117,12 +118,16 @@ class Trainer:
             network = build_registered_network(self.job.network_name, configuration, plans.num_input_channels,
                                                plans.num_classes, self.settings.deep_supervision)
         self.network = network.to(self.device)
+        self.cpu_bf16 = (self.device.type == "cpu" and self.settings.cpu_bf16 and cpu_has_native_bf16()
+                         and cpu_bf16_is_safe(configuration))  # emulated bf16 is slower than float32
+        self.autocast_dtype = torch.float16 if self.device.type == "cuda" else (torch.bfloat16 if self.cpu_bf16 else None)
         context = TrainingContext(
             plans=plans, configuration=configuration, network=self.network, device=self.device,
-            num_classes=plans.num_classes, tap_channels=tap_channels(self.network),
+            num_classes=plans.num_classes, tap_channels=tap_channels(self.network), settings=self.settings,
             rank=self.distributed.rank, world_size=self.distributed.world_size,
             cache=self.job.cache, train_case_ids=list(self.job.train_case_ids), sites=dict(self.job.sites),
-            output_folder=self.job.output_folder, pretrained_checkpoint=self.job.pretrained, settings=self.settings,
+            output_folder=self.job.output_folder, pretrained_checkpoint=self.job.pretrained, seed=self.job.seed,
+            autocast_dtype=self.autocast_dtype,
         )
         for method in self.methods:
             method.setup(context)
@@ -138,8 +143,6 @@ class Trainer:
         self.grad_scaler = torch.amp.GradScaler("cuda") if self.device.type == "cuda" else None
         self.loss = build_loss(configuration.batch_dice)
         self.model = wrap_network(self.network, self.device, self.distributed)
-        self.cpu_bf16 = (self.device.type == "cpu" and self.settings.cpu_bf16 and cpu_has_native_bf16()
-                         and cpu_bf16_is_safe(configuration))  # emulated bf16 is slower than float32
 
     def _default_optimizer(self) -> OptimizerSetup:
         s = self.settings
@@ -163,11 +166,8 @@ class Trainer:
         return [int(a) for a in axes]
 
     def autocast(self) -> ContextManager[Any]:
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.float16)
-        if self.cpu_bf16:
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """The precision of every step (module docstring); methods get the same as ``context.autocast()``."""
+        return autocast_context(self.device, self.autocast_dtype)
 
     # ----- data --------------------------------------------------------------------------------
     def _loader_arguments(self) -> dict[str, Any]:

@@ -111,7 +111,7 @@ class Consistency(DomainMethod):
         if not isinstance(context.network, DynUNet):
             raise MedsegError("Consistency needs a DynUNet-based network (it reads the last decoder stage)")
         self.network, self.device = context.network, context.device
-        self.last_decoder = last_decoder = f"decoder.{len(context.network.filters) - 2}"
+        self.last_decoder = last_decoder = context.last_decoder_tap()
         self.head = ReconstructionHead(context.configuration.spatial_dims, context.tap_channels[last_decoder],
                                        context.plans.num_input_channels).to(context.device)
         self.generator = torch.Generator(device=context.device)

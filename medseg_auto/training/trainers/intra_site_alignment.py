@@ -118,14 +118,17 @@ class IntraSiteVariabilityAlignment(DomainMethod):
             log.warning("AIVA without --pretrained: the paper adapts a model already trained on the source site")
         self.network, self.device = context.network, context.device
         configuration = context.configuration
-        batch_size = (context.settings.batch_size if context.settings else None) or configuration.batch_size
+        batch_size = context.settings.batch_size or configuration.batch_size
         self.target_batch = int(self.options.get("aiva_target_batch") or batch_size)
         self.embed_batch = max(1, int(batch_size))
-        self.use_bf16 = bool(context.settings.cpu_bf16) if context.settings else False
+        if context.output_folder is None:
+            raise MedsegError("IntraSiteVariabilityAlignment needs the fold's output folder (for its target-image "
+                              "cache and cluster file); the training context has none")
+        self.autocast = context.autocast  # the trainer's precision, with its safety checks
         self.output_folder = context.output_folder
-        self.seed = int(torch.initial_seed() % 2**31)
+        self.seed = int(context.seed % 2**31)  # the run's seed, also when resumed
         self.source_cases = self._source_cases(context.train_case_ids, context.sites)
-        cache_root = (context.output_folder or Path.cwd()) / TARGET_CACHE_FOLDER
+        cache_root = context.output_folder / TARGET_CACHE_FOLDER
         if context.world_size > 1:
             cache_root = cache_root.with_name(f"{TARGET_CACHE_FOLDER}_rank{context.rank}")  # no write races
         target_cache = cache_image_folder(Path(folder), context.plans, configuration, cache_root)
@@ -198,7 +201,7 @@ class IntraSiteVariabilityAlignment(DomainMethod):
         self.network.eval()
         chunks = []
         try:
-            with torch.no_grad(), self._autocast(), tapped(self.network, "bottleneck") as taps:
+            with torch.no_grad(), self.autocast(), tapped(self.network, "bottleneck") as taps:
                 for start in range(0, len(cases), self.embed_batch):
                     stop = start + self.embed_batch
                     self.network(self._patches(sampler, cases[start:stop], seeds[start:stop]))
@@ -207,14 +210,6 @@ class IntraSiteVariabilityAlignment(DomainMethod):
         finally:
             self.network.train(was_training)
         return np.concatenate(chunks)
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        """The trainer's precision for the embedding pass (it runs outside the training step)."""
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.float16)
-        if self.use_bf16:
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
     # ----- every step --------------------------------------------------------------------------
     def extra_loss(self, features: Mapping[str, torch.Tensor], logits: Sequence[torch.Tensor], target: torch.Tensor,

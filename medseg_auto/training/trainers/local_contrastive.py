@@ -76,8 +76,7 @@ class LocalContrastive(DomainMethod):
 
     def setup(self, context: TrainingContext) -> None:
         taps = network_taps(context, "LocalContrastive")
-        decoders = [tap for tap in taps if tap.startswith("decoder.")]
-        self.tap = self.options["lc_tap"] or decoders[-1]
+        self.tap = self.options["lc_tap"] or context.last_decoder_tap()
         if self.tap not in context.tap_channels:
             raise MedsegError(f"--lc-tap {self.tap}: no such feature tap; available: {', '.join(taps)}")
         self.num_classes = context.num_classes

@@ -87,7 +87,7 @@ class SemanticGuidedContrastive(DomainMethod):
         if not channels:
             raise MedsegError("SemanticGuidedContrastive needs a DynUNet-like network with feature taps")
         if self.tap == LAST_DECODER_STAGE:
-            self.tap = max((name for name in channels if name.startswith("decoder.")), key=lambda n: int(n.split(".")[1]))
+            self.tap = context.last_decoder_tap()
         if self.tap not in channels:
             raise MedsegError(f"--sgcg-tap {self.tap!r} is not a tap of this network; taps: {', '.join(channels)}")
         width, dim = channels[self.tap], int(self.options["sgcg_proj_dim"])
