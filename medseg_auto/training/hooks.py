@@ -246,7 +246,12 @@ class DomainMethod:
     sampler_changes_per_epoch: bool = False
 
     def make_sampler(self, info: DatasetInfo) -> CaseSampler | None:
-        """A case sampler (``sample_batch(rng, batch_size) -> list[case_id]``), or None for uniform."""
+        """A case sampler (``sample_batch(rng, batch_size) -> list[case_id]``), or None for uniform.
+
+        Ready-made ones in :mod:`medseg_auto.training.data.case_samplers`: ``UniformCaseSampler``
+        (nnU-Net's) and ``SiteBalancedCaseSampler.from_sites(info.case_ids, info.sites)`` (equal
+        shares of every site in every batch).
+        """
         return None
 
     def transform_batch(self, batch: dict[str, Any], epoch: int) -> dict[str, Any]:
