@@ -85,7 +85,9 @@ class DataHome:
         return candidate
 
     def new_dataset_folder(self, name: str, dataset_id: int | None = None) -> Path:
-        """Folder for a new dataset called ``name``; refuses a name already used."""
+        """The raw folder for dataset ``name``: the existing ``DatasetNNN_name`` when the name is
+        already used (an import run again writes into it), else a new one numbered
+        ``dataset_id`` or the next free id. Unsafe names are refused."""
         check_safe_name(name, what="dataset name")
         for folder in self.list_datasets():
             if _FOLDER_PATTERN.match(folder).group(2) == name:  # type: ignore[union-attr]

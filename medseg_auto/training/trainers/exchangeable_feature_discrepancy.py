@@ -61,7 +61,7 @@ class ExchangeableFeatureDiscrepancy(FeatureDiscrepancy):
                         "within the batch instead (shuffled pairs). Logged once; fd_exch_cross_site counts such "
                         "batches.", sites[0] if len(sites) else None)
 
-    def layer_terms(self, stats: LayerStatistics) -> dict[str, tuple[torch.Tensor, int]]:
+    def layer_terms(self, stats: LayerStatistics) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         terms = super().layer_terms(stats)
         terms[f"{self.log_prefix}_exch"] = exchangeable_discrepancy_loss(stats, self.partner)
         return terms
