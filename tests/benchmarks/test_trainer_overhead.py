@@ -4,7 +4,6 @@ is the reference, and the JSON, CSV and Markdown results are written. No timing 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,22 +12,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.toy_home import make_toy_home
+
 pytest.importorskip("psutil")
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _make_toy_home(root: Path) -> None:
-    """The training tests' toy home (``tests/training/conftest.py``), loaded by path under its own name."""
-    spec = importlib.util.spec_from_file_location("training_toy_home", REPO / "tests" / "training" / "conftest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.make_toy_home(root, sites=["a", "a", "a", "b", "b", "b"])
-
-
+@pytest.mark.slow
 def test_two_trainers_on_toy_data(tmp_path):
-    _make_toy_home(tmp_path / "home")
+    make_toy_home(tmp_path / "home", sites=["a", "a", "a", "b", "b", "b"])
     work = tmp_path / "work"
     command = [sys.executable, str(REPO / "benchmarks" / "trainer_overhead.py"), "--home", str(tmp_path / "home"),
                "--dataset", "Toy", "--configuration", "2d", "--trainers", "FeatureDiscrepancy", "--iterations", "2",
@@ -49,7 +42,7 @@ def test_two_trainers_on_toy_data(tmp_path):
 
 
 def test_unknown_dataset_is_a_clear_error(tmp_path):
-    _make_toy_home(tmp_path / "home")
+    make_toy_home(tmp_path / "home", sites=["a", "a", "a", "b", "b", "b"])
     command = [sys.executable, str(REPO / "benchmarks" / "trainer_overhead.py"), "--home", str(tmp_path / "home"),
                "--dataset", "Nope", "--configuration", "2d", "--work", str(tmp_path / "work")]
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},

@@ -136,6 +136,7 @@ def _find_best(root: Path, *extra: str) -> int:
                  "-f", "0", "1", "-np", "1", "--home", str(root), "--no-progress", *extra])
 
 
+@pytest.mark.slow
 def test_find_best_end_to_end(trained_home, capsys):
     assert _find_best(trained_home.root) == 0
     results = trained_home.results_dataset("Syn2d")
@@ -166,6 +167,7 @@ def test_find_best_end_to_end(trained_home, capsys):
     assert "Best:" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_find_best_says_what_is_missing(trained_home, tmp_path):
     """A missing fold leaves the runs out; missing .npz leaves the ensemble out with the fix."""
     root = tmp_path / "home"

@@ -85,6 +85,7 @@ def test_per_case_table_over_a_cache(two_site_home, toy_2d_configuration):
     assert np.allclose(layers.mean(axis=1), frame["l_fd"])
 
 
+@pytest.mark.slow
 def test_command_writes_the_csv_compare_plots(two_site_home, tmp_path):
     """Train the toy fold ``all`` for one iteration, then L_fd on its validation cases; compare
     then has an ``l_fd`` column for every case with foreground and draws the scatter plot."""

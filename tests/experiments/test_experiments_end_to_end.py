@@ -45,6 +45,7 @@ def _fold_split(row):
     return json.loads((run_module.Path(row["fold_folder"]) / "split.json").read_text())
 
 
+@pytest.mark.slow
 def test_data_addition_runs_every_cell_once_and_keeps_test_cases_out(two_site_home, monkeypatch):
     ExperimentToyTest.seen.clear()
     outcome = run_data_addition(two_site_home, _request(["NoMirroring", "ExperimentToyTest"], [0, 1]), show_progress=False)
@@ -92,6 +93,7 @@ def test_data_addition_runs_every_cell_once_and_keeps_test_cases_out(two_site_ho
             show_progress=False)
 
 
+@pytest.mark.slow
 def test_an_interrupted_cell_resumes_from_its_checkpoint(two_site_home, monkeypatch):
     request = _request(["NoMirroring"], [1], novel_test_fraction=0)
     outcome = run_data_addition(two_site_home, request, show_progress=False)
@@ -121,6 +123,7 @@ def test_an_interrupted_cell_resumes_from_its_checkpoint(two_site_home, monkeypa
     assert (fold / FINAL).is_file() and json.loads((cell_folder / "done.json").read_text())["row"]["checkpoint"] == "final"
 
 
+@pytest.mark.slow
 def test_leave_one_site_out_command(two_site_home):
     ExperimentToyTest.seen.clear()
     common = ["--config", "2d", "--epochs", "1", "--iters-per-epoch", "1", "--device", "cpu", "--num-workers", "0",

@@ -11,9 +11,11 @@ from medseg_auto.training import trainer as trainer_module
 from medseg_auto.training.checkpoint import FINAL
 from medseg_auto.training.run import TrainRequest, train_fold
 
-from .conftest import FAST, FAST_SETTINGS
+FAST = dict(device="cpu")
+FAST_SETTINGS = dict(num_workers=0)
 
 
+@pytest.mark.slow
 def test_split_run_trains_and_validates_only_on_the_given_cases(two_site_home, monkeypatch):
     seen = {}
     original_train, original_val = trainer_module.make_training_loader, trainer_module.make_validation_loader
@@ -51,6 +53,7 @@ def test_split_run_refuses_bad_tags_and_cases(two_site_home):
         train_fold(TrainRequest(two_site_home, "Toy", "2d", "x", split=(["case_000"], []), **FAST))
 
 
+@pytest.mark.slow
 def test_resuming_a_split_run_with_other_cases_is_refused(two_site_home):
     train_fold(TrainRequest(two_site_home, "Toy", "2d", "t", seed=0,
                             split=(["case_000", "case_001"], ["case_002"]),

@@ -86,6 +86,7 @@ def test_fit_donor_resizes_and_keeps_the_mean():
     np.testing.assert_allclose(fitted, 2.5, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_donor_bank_picks_the_most_similar_case_caches_descriptors_and_filters_sites(trained_syn2d_home, monkeypatch):
     cache = PreprocessedCache(trained_syn2d_home.preprocessed_dataset("Syn2d") / "plans_2d")
     (cache.folder / DESCRIPTOR_FILE).unlink(missing_ok=True)
@@ -105,6 +106,7 @@ def test_donor_bank_picks_the_most_similar_case_caches_descriptors_and_filters_s
         DonorBank.load(cache, site="siteC")
 
 
+@pytest.mark.slow
 def test_adapter_makes_one_view_per_donor(trained_syn2d_home):
     cache = PreprocessedCache(trained_syn2d_home.preprocessed_dataset("Syn2d") / "plans_2d")
     data, _, _ = cache.load_case("siteB_000", mmap=False)
@@ -121,6 +123,7 @@ def _site_b_inputs(home, tmp_path):
     return inputs
 
 
+@pytest.mark.slow
 def test_predict_with_fda_source_end_to_end(trained_syn2d_home, tmp_path):
     root = str(trained_syn2d_home.root)
     inputs = _site_b_inputs(trained_syn2d_home, tmp_path)
@@ -146,6 +149,7 @@ def test_predict_with_fda_source_end_to_end(trained_syn2d_home, tmp_path):
     assert np.abs(probabilities("fda") - probabilities("plain")).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_predict_with_unknown_fda_source_is_a_clear_error(trained_syn2d_home, tmp_path, capsys):
     inputs = _site_b_inputs(trained_syn2d_home, tmp_path)
     code = main(["predict", "-i", str(inputs), "-o", str(tmp_path / "o"), "-d", "Syn2d", "-c", "2d", "--home",

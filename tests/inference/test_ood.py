@@ -21,7 +21,7 @@ from medseg_auto.inference.ood import (
 from medseg_auto.inference.sliding_window import MirroredPredictor
 from medseg_auto.training.network import build_dynunet
 
-from .conftest import make_plans
+from tests.helpers.known_networks import make_plans
 
 
 def test_mahalanobis_distance_known_values():
@@ -115,6 +115,7 @@ def _write_inputs(folder, rng):
     write_image(checkerboard[None], geometry, folder / "checkerboard_0000.png")
 
 
+@pytest.mark.slow
 def test_predict_scores_shifted_inputs_above_the_threshold(trained_syn2d_home, tmp_path):
     root = str(trained_syn2d_home.root)
     fold = trained_syn2d_home.results_dataset("Syn2d") / "Base__plans__2d" / "fold_all"
@@ -144,6 +145,7 @@ def test_predict_scores_shifted_inputs_above_the_threshold(trained_syn2d_home, t
         np.testing.assert_array_equal(scored, unscored)
 
 
+@pytest.mark.slow
 def test_predict_makes_a_missing_or_stale_reference_from_the_training_cache(trained_syn2d_home, tmp_path):
     root = str(trained_syn2d_home.root)
     reference_file = trained_syn2d_home.results_dataset("Syn2d") / "Base__plans__2d" / "fold_all" / OOD_REFERENCE_FILE
@@ -169,6 +171,7 @@ def test_predict_makes_a_missing_or_stale_reference_from_the_training_cache(trai
         reference_file.write_text(json.dumps(original))
 
 
+@pytest.mark.slow
 def test_reference_cases_come_from_the_runs_own_split_or_the_datasets_splits(trained_syn2d_home, tmp_path):
     from medseg_auto.inference.ood_references import reference_case_ids
     from medseg_auto.preprocessing.cache import PreprocessedCache

@@ -25,6 +25,7 @@ def trained_home(tmp_path_factory):
     return home
 
 
+@pytest.mark.slow
 def test_predict_with_two_fold_ensemble_and_evaluate(trained_home, tmp_path):
     root = str(trained_home.root)
     images = trained_home.raw_dataset("Syn2d") / "imagesTr"
@@ -41,6 +42,7 @@ def test_predict_with_two_fold_ensemble_and_evaluate(trained_home, tmp_path):
     assert json.loads((output / "summary.json").read_text())["num_cases"] == 6
 
 
+@pytest.mark.slow
 def test_single_fold_prediction_of_validation_cases_equals_final_validation(trained_home, tmp_path):
     """Predicting a fold's validation cases from raw files gives the final validation's numbers."""
     root = str(trained_home.root)
@@ -61,6 +63,7 @@ def test_single_fold_prediction_of_validation_cases_equals_final_validation(trai
     assert ours["foreground_mean"]["dice"] == pytest.approx(validation["foreground_mean"]["dice"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_predict_without_trained_model_is_a_clear_error(trained_home, tmp_path, capsys):
     code = main(["predict", "-i", str(tmp_path), "-o", str(tmp_path / "o"), "-d", "Syn2d", "-c", "3d_fullres",
                  "--home", str(trained_home.root), "--no-progress"])

@@ -10,7 +10,7 @@ from medseg_auto.dataset.image_io import read_segmentation
 from medseg_auto.inference.model_loading import LoadedModel
 from medseg_auto.inference.predict import PredictionOptions, predict_folder, predict_preprocessed
 
-from .conftest import ThresholdNetwork, make_plans
+from tests.helpers.known_networks import ThresholdNetwork, make_plans
 
 
 def _options(**kwargs) -> PredictionOptions:

@@ -11,7 +11,7 @@ from medseg_auto.inference.validation import validate_cases
 from medseg_auto.preprocessing.cache import PreprocessedCache
 from medseg_auto.preprocessing.pipeline import plan_and_preprocess
 
-from .conftest import ThresholdNetwork
+from tests.helpers.known_networks import ThresholdNetwork
 
 
 def test_validation_metrics_match_folder_evaluation(tmp_path):

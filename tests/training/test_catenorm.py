@@ -14,7 +14,7 @@ from medseg_auto.training.network_registry import available_networks, build_regi
 from medseg_auto.training.networks.catenorm import CategoricalNorm, CateNormDynUNet
 from medseg_auto.training.run import TrainRequest, train_fold
 
-from conftest import toy_configuration
+from tests.helpers.toy_home import toy_configuration
 
 
 @pytest.mark.parametrize("dims", [2, 3])
@@ -106,6 +106,7 @@ def test_aiva_sees_the_catenorm_pass_bottleneck():
         assert torch.allclose(last, taps.features["bottleneck"], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_base_trainer_with_catenorm_trains_and_predict_rebuilds_it(toy_home):
     folder = train_fold(TrainRequest(toy_home, "Toy", "2d", 0, device="cpu", seed=0, network="catenorm",
                                      settings=dict(num_epochs=2, iterations_per_epoch=2, num_workers=0)))
@@ -120,6 +121,7 @@ def test_base_trainer_with_catenorm_trains_and_predict_rebuilds_it(toy_home):
     assert isinstance(model.network, CateNormDynUNet) and not model.network.training
 
 
+@pytest.mark.slow
 def test_catenorm_combines_with_a_method_that_runs_the_network_itself(toy_home):
     folder = train_fold(TrainRequest(toy_home, "Toy", "2d", 0, trainer_name="Consistency", device="cpu", seed=0,
                                      network="catenorm1",

@@ -14,7 +14,7 @@ from medseg_auto.training.checkpoint import (
 )
 from medseg_auto.training.network import build_dynunet
 
-from conftest import toy_configuration
+from tests.helpers.toy_home import toy_configuration
 
 
 def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):

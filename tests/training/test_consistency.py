@@ -16,7 +16,7 @@ from medseg_auto.training.trainers.consistency import (
     BRIGHTNESS_RANGE, Consistency, intensity_jitter, voxel_kl,
 )
 
-from conftest import DATA_IDENTIFIER, TOY_DATASET, toy_plans
+from tests.helpers.toy_home import DATA_IDENTIFIER, TOY_DATASET, toy_plans
 
 
 def test_jitter_changes_every_sample_and_keeps_shape_dtype_and_finiteness():
@@ -88,6 +88,7 @@ def test_reconstruction_weight_zero_turns_the_head_off(toy_home):
     assert "reconstruction_mse" not in logs and float(loss.detach()) == pytest.approx(10 * logs["consistency_kl"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_consistency_trains_end_to_end_and_the_head_stays_out_of_the_network(toy_home):
     folder = train_fold(TrainRequest(toy_home, "Toy", "3d_fullres", 0, trainer_name="Consistency", device="cpu",
                                      seed=0, settings=dict(num_epochs=2, iterations_per_epoch=2, num_workers=0)))

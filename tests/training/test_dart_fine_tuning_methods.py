@@ -28,7 +28,7 @@ from medseg_auto.training.trainers.mixed_minibatch_transfer import (
 from medseg_auto.training.trainers.optimizer_carry_over import OptimizerCarryOver
 from medseg_auto.training.trainers.train_on_sites import TrainOnSites
 
-from conftest import make_toy_home, toy_configuration, toy_plans
+from tests.helpers.toy_home import make_toy_home, toy_configuration, toy_plans
 
 SITES = ["a", "a", "a", "b", "b", "b"]
 FAST = dict(device="cpu", seed=0)
@@ -106,6 +106,7 @@ def test_mixed_sampler_refuses_bad_sites():
         MixedMinibatchTransfer({"target_site": "y"}).make_sampler(only_target)
 
 
+@pytest.mark.slow
 def test_mmtl_end_to_end_follows_the_schedule(two_site_home, source_checkpoint):
     checkpoint, _ = source_checkpoint
     SiteRecorder.batches.clear()
@@ -120,6 +121,7 @@ def test_mmtl_end_to_end_follows_the_schedule(two_site_home, source_checkpoint):
 
 
 # ----- TrainOnSites ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_train_on_sites_draws_only_those_sites(source_checkpoint):
     checkpoint, batches = source_checkpoint
     assert checkpoint.is_file() and batches and all(set(sites) == {"a"} for _, sites in batches)
@@ -141,6 +143,7 @@ def octl_for(network: nn.Module, pretrained, settings: TrainingSettings | None =
     return method
 
 
+@pytest.mark.slow
 def test_octl_carries_the_source_momentum_buffers(source_checkpoint):
     checkpoint, _ = source_checkpoint
     source = load_checkpoint(checkpoint)["optimizer_state"]
@@ -160,6 +163,7 @@ def test_octl_carries_the_source_momentum_buffers(source_checkpoint):
         assert optimizer.state[param]["momentum_buffer"].data_ptr() != buffer.data_ptr()
 
 
+@pytest.mark.slow
 def test_octl_refuses_mismatched_networks_and_bare_weights(source_checkpoint, tmp_path):
     checkpoint, _ = source_checkpoint
     other_count = build_dynunet(toy_configuration(3), 1, 3)
@@ -207,6 +211,7 @@ def test_octl_adam_uses_step_offset_100_in_the_bias_correction(tmp_path):
         torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_octl_end_to_end_needs_pretrained_and_resumes(two_site_home, source_checkpoint):
     checkpoint, _ = source_checkpoint
     with pytest.raises(MedsegError, match="needs --pretrained"):
@@ -270,6 +275,7 @@ def test_avagrad_update_matches_a_hand_computation():
     assert not np.allclose(expected[-1][0], start[0])  # it moved
 
 
+@pytest.mark.slow
 def test_avagrad_trainer_settings_and_checkpoint(two_site_home):
     settings = AvaGrad().configure(TrainingSettings())
     assert settings.num_epochs == 50 and settings.initial_lr == 10.0
@@ -282,6 +288,7 @@ def test_avagrad_trainer_settings_and_checkpoint(two_site_home):
     assert group["eps"] == 0.1 and group["step"] == 4 and group["gamma"] > 0 and group["weight_decay"] == 0.0
 
 
+@pytest.mark.slow
 def test_fine_tune_on_sites_with_octl_trains_on_the_target_only(two_site_home, source_checkpoint):
     """The paper's OCTL setting: target cases only, source optimizer state; its own results folder."""
     checkpoint, _ = source_checkpoint

@@ -105,6 +105,7 @@ def test_weights_switch_at_the_phase_boundary():
         Dispersive({"disp_phase_boundary": 1.5})
 
 
+@pytest.mark.slow
 def test_dispersive_trains_end_to_end_on_two_sites(toy_home_factory):
     home = toy_home_factory(sites=["a", "b"] * 3)
     folder = train_fold(TrainRequest(home, "Toy", "2d", 0, trainer_name="Dispersive", device="cpu", seed=0,

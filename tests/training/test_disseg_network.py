@@ -8,7 +8,7 @@ import csv
 import pytest
 import torch
 
-from conftest import toy_configuration
+from tests.helpers.toy_home import toy_configuration
 from medseg_auto.inference.model_loading import load_fold
 from medseg_auto.training.checkpoint import FINAL, load_checkpoint
 from medseg_auto.training.network import FeatureTaps, build_dynunet, tap_channels
@@ -88,6 +88,7 @@ def test_bf16_autocast_forward_and_backward_are_finite():
     assert all(torch.isfinite(p.grad).all() for p in network.parameters() if p.grad is not None)
 
 
+@pytest.mark.slow
 def test_train_then_predict_rebuilds_disseg_by_name(toy_home_factory):
     home = toy_home_factory(sites=["a", "b"] * 3)
     folder = train_fold(TrainRequest(home, "Toy", "2d", 0, trainer_name="Dispersive", device="cpu", seed=0,

@@ -20,7 +20,7 @@ from medseg_auto.training.losses.feature_discrepancy import (
 from medseg_auto.training.run import TrainRequest, train_fold
 from medseg_auto.training.trainers.exchangeable_feature_discrepancy import ExchangeableFeatureDiscrepancy
 
-from conftest import make_toy_home
+from tests.helpers.toy_home import make_toy_home
 
 
 def test_exchange_term_equals_the_hand_computed_value():
@@ -101,6 +101,7 @@ def test_batches_are_site_balanced():
     assert sum(case.startswith("b") for case in batch) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("configuration", ["2d", "3d_fullres"])
 def test_trains_end_to_end_on_two_sites(tmp_path, configuration):
     home = make_toy_home(tmp_path / "home", sites=["a", "a", "a", "b", "b", "b"])
@@ -114,6 +115,7 @@ def test_trains_end_to_end_on_two_sites(tmp_path, configuration):
     assert float(rows[0]["fd_weight"]) == 0.0 and float(rows[1]["fd_weight"]) > 0
 
 
+@pytest.mark.slow
 def test_one_site_dataset_trains_with_the_fallback(tmp_path):
     home = make_toy_home(tmp_path / "home")  # no sites
     folder = train_fold(TrainRequest(home, "Toy", "2d", 0, trainer_name="ExchangeableFeatureDiscrepancy",

@@ -19,7 +19,7 @@ from medseg_auto.training.registry import get_trainer
 from medseg_auto.training.run import TrainRequest, train_fold
 from medseg_auto.training.trainers.feature_discrepancy import FeatureDiscrepancy, scheduled_weight
 
-from conftest import make_toy_home
+from tests.helpers.toy_home import make_toy_home
 
 TWO_SITES = ["a", "a", "a", "b", "b", "b"]
 
@@ -184,6 +184,7 @@ def test_bad_options_are_refused():
         FeatureDiscrepancy({"fd_weight": -1.0})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("configuration", ["2d", "3d_fullres"])
 def test_trains_end_to_end_on_two_sites(tmp_path, configuration):
     home = make_toy_home(tmp_path / "home", sites=TWO_SITES)

@@ -17,7 +17,7 @@ from medseg_auto.training.network import build_dynunet
 from medseg_auto.training.registry import register_trainer
 from medseg_auto.training.run import TrainRequest, train_fold
 
-from conftest import make_toy_home
+from tests.helpers.toy_home import make_toy_home
 
 
 class FirstCaseSampler:
@@ -121,6 +121,7 @@ def recorded_run(toy_home):
     return folder, Recording.instances[-1]
 
 
+@pytest.mark.slow
 def test_hooks_are_called_in_order(recorded_run):
     _, method = recorded_run
     assert method.calls == [
@@ -131,6 +132,7 @@ def test_hooks_are_called_in_order(recorded_run):
     assert method.context.network is method.network and method.context.num_classes == 3
 
 
+@pytest.mark.slow
 def test_extra_loss_gets_taps_heads_and_batch_from_the_sampler(recorded_run):
     folder, method = recorded_run
     assert method.steps == 6 and method.sampler.calls >= 6
@@ -147,6 +149,7 @@ def test_extra_loss_gets_taps_heads_and_batch_from_the_sampler(recorded_run):
     assert [float(row["lr"]) for row in rows] == pytest.approx([1e-3, 5e-4])
 
 
+@pytest.mark.slow
 def test_optimizer_and_method_state_go_into_the_checkpoint_and_come_back(recorded_run, toy_home):
     folder, method = recorded_run
     payload = load_checkpoint(folder / FINAL)

@@ -56,6 +56,7 @@ class BatchAndSampler(DomainMethod):
         return None
 
 
+@pytest.mark.slow
 def test_transform_batch_and_epoch_sampler(toy_home):
     BatchAndSampler.instances.clear()
     train_fold(TrainRequest(toy_home, "Toy", "2d", 0, trainer_name="BatchAndSamplerTest", device="cpu", seed=0,
@@ -70,6 +71,7 @@ def test_transform_batch_and_epoch_sampler(toy_home):
     assert method.context.pretrained_checkpoint is None and method.context.settings.num_epochs == 3
 
 
+@pytest.mark.slow
 def test_pretrained_path_reaches_the_methods(toy_home):
     BatchAndSampler.instances.clear()
     first = train_fold(TrainRequest(toy_home, "Toy", "2d", 0, device="cpu", seed=0,
@@ -99,6 +101,7 @@ def build_doubled(configuration, in_channels, num_classes, deep_supervision=True
     return WiderHead(build_dynunet(configuration, in_channels, num_classes, deep_supervision))
 
 
+@pytest.mark.slow
 def test_network_by_name_is_stored_and_rebuilt_for_prediction(toy_home):
     assert "dynunet" in available_networks() and "doubled_test" in available_networks()
     folder = train_fold(TrainRequest(toy_home, "Toy", "2d", 0, device="cpu", seed=0, network="doubled_test",

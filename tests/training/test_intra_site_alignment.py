@@ -22,7 +22,7 @@ from medseg_auto.training.trainers.intra_site_alignment import (
     CLUSTERS_FILE, TARGET_CACHE_FOLDER, IntraSiteVariabilityAlignment,
 )
 
-from conftest import DATA_IDENTIFIER, TOY_DATASET, toy_configuration, toy_plans
+from tests.helpers.toy_home import DATA_IDENTIFIER, TOY_DATASET, toy_configuration, toy_plans
 
 
 def test_alignment_loss_is_zero_for_identical_clusters_and_the_squared_shift_otherwise():
@@ -119,6 +119,7 @@ def test_image_folder_is_preprocessed_like_training_cases_and_kept(tmp_path):
         cache_image_folder(tmp_path / "missing", plans, toy_configuration(3), tmp_path / "cache")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("configuration", ["2d", "3d_fullres"])
 def test_aiva_trains_end_to_end_and_keeps_lambda(toy_home_factory, tmp_path, configuration):
     home = toy_home_factory("home", sites=["a", "a", "a", "b", "b", "b"])

@@ -16,7 +16,7 @@ from medseg_auto.training.losses.local_contrastive import local_contrastive_loss
 from medseg_auto.training.run import TrainRequest, train_fold
 from medseg_auto.training.trainers.local_contrastive import LocalContrastive
 
-from conftest import make_toy_home
+from tests.helpers.toy_home import make_toy_home
 
 
 def test_loss_equals_the_hand_computed_value():
@@ -91,6 +91,7 @@ def test_a_coarser_tap_downsamples_the_labels_and_bad_taps_are_refused():
         LocalContrastive({"lc_temperature": 0.0})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("configuration", ["2d", "3d_fullres"])
 def test_trains_end_to_end_on_two_sites(tmp_path, configuration):
     home = make_toy_home(tmp_path / "home", sites=["a", "a", "a", "b", "b", "b"])

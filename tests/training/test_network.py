@@ -10,7 +10,7 @@ from medseg_auto.training.network import (
     FeatureTaps, build_dynunet, cpu_bf16_is_safe, deep_supervision_heads, stage_shapes, tap_modules,
 )
 
-from conftest import toy_configuration
+from tests.helpers.toy_home import toy_configuration
 
 
 def test_deep_supervision_heads_skip_the_two_lowest_resolutions():

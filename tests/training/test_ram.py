@@ -96,6 +96,7 @@ def test_transform_batch_mixes_the_chosen_samples_and_logs_a_single_site_once(ca
     assert sum("single site" in record.message for record in caplog.records) == 1
 
 
+@pytest.mark.slow
 def test_ram_trains_end_to_end_on_two_sites(toy_home_factory):
     home = toy_home_factory(sites=["a", "b"] * 3)
     folder = train_fold(TrainRequest(home, "Toy", "2d", 0, trainer_name="RandomAmplitudeMixup", device="cpu",
@@ -105,6 +106,7 @@ def test_ram_trains_end_to_end_on_two_sites(toy_home_factory):
     assert 0.0 <= float(row["ram_mixed"]) <= 1.0 and float(row["ram_cross_site"]) > 0.0
 
 
+@pytest.mark.slow
 def test_sgcg_ram_combines_both_methods_with_both_option_sets(toy_home_factory):
     spec = get_trainer("SemanticGuidedContrastiveRAM")
     assert [m.__name__ for m in spec.methods] == ["RandomAmplitudeMixup", "SemanticGuidedContrastive"]

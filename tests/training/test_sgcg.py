@@ -134,6 +134,7 @@ def test_labels_downsampled_by_majority_and_pixels_gathered():
     assert sample_pixels(features, labels, max_pixels=3)[0].shape == (3, 3)
 
 
+@pytest.mark.slow
 def test_sgcg_trains_warms_up_and_resumes_its_statistics(toy_home_factory):
     home = toy_home_factory(sites=["a", "b"] * 3)
     kwargs = dict(trainer_name="SemanticGuidedContrastive", device="cpu", seed=0)

@@ -15,7 +15,7 @@ from medseg_auto.training.hooks import TrainingContext, TrainingSettings
 from medseg_auto.training.run import TrainRequest, train_fold
 from medseg_auto.training.trainers.site_adversarial import SiteAdversarial, ramped_lambda, reverse_gradient
 
-from conftest import make_toy_home, toy_plans
+from tests.helpers.toy_home import make_toy_home, toy_plans
 
 FAST = dict(device="cpu", seed=0)
 FAST_SETTINGS = dict(num_workers=0, iterations_per_epoch=2, val_iterations_per_epoch=1)
@@ -85,6 +85,7 @@ def test_one_site_is_refused(tmp_path):
                                 settings=dict(num_epochs=1, **FAST_SETTINGS), **FAST))
 
 
+@pytest.mark.slow
 def test_site_adversarial_end_to_end_logs_accuracy_and_resumes(tmp_path):
     home = make_toy_home(tmp_path / "home", sites=["a", "a", "a", "b", "b", "b"])
     folder = train_fold(TrainRequest(home, "Toy", "2d", 0, trainer_name="SiteAdversarial",

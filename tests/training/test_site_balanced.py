@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from medseg_auto.training.hooks import DatasetInfo, TrainingSettings
 from medseg_auto.training.registry import get_trainer
@@ -21,6 +22,7 @@ def test_site_balanced_changes_only_the_sampler():
         assert sum(sites[case] == "small" for case in batch) == 2  # the one small-site case fills half
 
 
+@pytest.mark.slow
 def test_site_balanced_trains_end_to_end(toy_home_factory):
     home = toy_home_factory(sites=["a", "a", "a", "a", "b", "b"])
     folder = train_fold(TrainRequest(home, "Toy", "2d", 0, trainer_name="SiteBalanced", device="cpu", seed=0,

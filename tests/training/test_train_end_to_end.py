@@ -21,6 +21,7 @@ def read_progress(folder):
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("configuration", ["3d_fullres", "2d"])
 def test_train_writes_results_layout(toy_home, configuration):
     folder = train_fold(TrainRequest(toy_home, "Toy", configuration, 0,
@@ -39,6 +40,7 @@ def test_train_writes_results_layout(toy_home, configuration):
     assert "Epoch 1" in (folder / "training_log.txt").read_text()
 
 
+@pytest.mark.slow
 def test_checkpoint_holds_everything_needed_to_resume_and_predict(toy_home):
     folder = train_fold(TrainRequest(toy_home, "Toy", "3d_fullres", 1,
                                      settings=dict(num_epochs=1, iterations_per_epoch=1, **FAST_SETTINGS), **FAST))
@@ -51,6 +53,7 @@ def test_checkpoint_holds_everything_needed_to_resume_and_predict(toy_home):
     assert payload["init_args"]["fold"] == "1" and payload["init_args"]["seed"] == 0
 
 
+@pytest.mark.slow
 def test_loss_goes_down_on_a_learnable_toy_problem(toy_home):
     folder = train_fold(TrainRequest(toy_home, "Toy", "2d", 0,
                                      settings=dict(num_epochs=6, iterations_per_epoch=5, **FAST_SETTINGS), **FAST))
@@ -58,6 +61,7 @@ def test_loss_goes_down_on_a_learnable_toy_problem(toy_home):
     assert losses[-1] < 0.8 * losses[0]
 
 
+@pytest.mark.slow
 def test_fold_all_and_presets(toy_home):
     folder = train_fold(TrainRequest(toy_home, "Toy", "2d", "all", trainer_name="NoMirroring",
                                      settings=dict(num_epochs=1, iterations_per_epoch=1, **FAST_SETTINGS), **FAST))
@@ -73,6 +77,7 @@ def test_fold_all_and_presets(toy_home):
     assert len(read_progress(folder)) == 10  # the preset's epochs, with --iters-per-epoch overriding its 50
 
 
+@pytest.mark.slow
 def test_continue_after_the_end_trains_no_more(toy_home):
     folder = train_fold(TrainRequest(toy_home, "Toy", "2d", 0,
                                      settings=dict(num_epochs=2, iterations_per_epoch=1, **FAST_SETTINGS), **FAST))
@@ -84,6 +89,7 @@ def test_continue_after_the_end_trains_no_more(toy_home):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.slow
 def test_continue_with_more_epochs_stretches_the_poly_schedule(toy_home):
     folder = train_fold(TrainRequest(toy_home, "Toy", "2d", 0,
                                      settings=dict(num_epochs=2, iterations_per_epoch=1, **FAST_SETTINGS), **FAST))
@@ -93,6 +99,7 @@ def test_continue_with_more_epochs_stretches_the_poly_schedule(toy_home):
     assert len(lrs) == 4 and lrs[2] == pytest.approx(0.01 * (1 - 2 / 4) ** 0.9) and lrs[3] < lrs[2]
 
 
+@pytest.mark.slow
 def test_pretrained_initialises_from_another_run(toy_home):
     source = train_fold(TrainRequest(toy_home, "Toy", "3d_fullres", 0,
                                      settings=dict(num_epochs=1, iterations_per_epoch=1, **FAST_SETTINGS), **FAST))
@@ -103,6 +110,7 @@ def test_pretrained_initialises_from_another_run(toy_home):
     assert all(torch.equal(weights[k], loaded[k]) for k in weights)  # 0 epochs: the weights are the source's
 
 
+@pytest.mark.slow
 def test_train_command_runs(toy_home, capsys):
     code = main(["train", "Toy", "2d", "0", "--home", str(toy_home.root), "--epochs", "1", "--iters-per-epoch", "1",
                  "--device", "cpu", "--seed", "1", "--num-workers", "0", "--no-bf16"])
@@ -111,12 +119,14 @@ def test_train_command_runs(toy_home, capsys):
     assert load_checkpoint(folder / FINAL)["init_args"]["settings"]["cpu_bf16"] is False
 
 
+@pytest.mark.slow
 def test_final_validation_false_trains_without_validating(toy_home):
     folder = train_fold(TrainRequest(toy_home, "Toy", "2d", 2, final_validation=False,
                                      settings=dict(num_epochs=1, iterations_per_epoch=1, **FAST_SETTINGS), **FAST))
     assert (folder / FINAL).is_file() and not (folder / "validation").exists()
 
 
+@pytest.mark.slow
 def test_fresh_run_sets_the_earlier_run_aside_so_continue_resumes_the_new_one(toy_home, monkeypatch):
     from medseg_auto.training.trainer import Trainer
 

@@ -15,6 +15,7 @@ QUICK = dict(device="cpu", seed=0, final_validation=False,
              settings=dict(num_epochs=1, iterations_per_epoch=1, val_iterations_per_epoch=1, num_workers=0))
 
 
+@pytest.mark.slow
 def test_a_fresh_run_sets_the_earlier_runs_split_aside_with_its_checkpoints(toy_home):
     first = (["case_000", "case_001"], ["case_002"])
     second = (["case_003", "case_004"], ["case_005"])
@@ -26,6 +27,7 @@ def test_a_fresh_run_sets_the_earlier_runs_split_aside_with_its_checkpoints(toy_
     assert json.loads((folder / "split.json").read_text()) == {"train": second[0], "val": second[1]}
 
 
+@pytest.mark.slow
 def test_settings_override_the_trainer_and_unknown_ones_are_refused(toy_home):
     folder = train_fold(TrainRequest(toy_home, "Toy", "2d", 0, trainer_name="FewEpochs", **QUICK))
     assert load_checkpoint(folder / FINAL)["init_args"]["settings"]["num_epochs"] == 1
@@ -33,6 +35,7 @@ def test_settings_override_the_trainer_and_unknown_ones_are_refused(toy_home):
         train_fold(TrainRequest(toy_home, "Toy", "2d", 0, settings={"epochs": 1}))
 
 
+@pytest.mark.slow
 def test_trainer_class_runs_a_subclass_of_the_loop(toy_home):
     steps = []
 

@@ -15,7 +15,7 @@ from medseg_auto.training.registry import register_trainer
 from medseg_auto.training.run import TrainRequest, train_fold
 from medseg_auto.training.trainers.intra_site_alignment import IntraSiteVariabilityAlignment
 
-from conftest import toy_configuration, toy_plans
+from tests.helpers.toy_home import toy_configuration, toy_plans
 
 QUICK = dict(device="cpu", final_validation=False,
              settings=dict(iterations_per_epoch=1, val_iterations_per_epoch=1, num_workers=0))
@@ -41,6 +41,7 @@ def _context(output_folder=None, autocast_dtype=None, settings=None) -> Training
                            autocast_dtype=autocast_dtype)
 
 
+@pytest.mark.slow
 def test_a_resumed_run_shows_its_methods_the_runs_seed(toy_home):
     SeedRecorder.seen.clear()
     first = dict(QUICK, settings=dict(QUICK["settings"], num_epochs=1))

@@ -7,7 +7,6 @@ import pytest
 import torch
 from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
 
-from data_pipeline_fixtures import cache_2d_slices, cache_3d  # noqa: F401 (fixtures)
 from medseg_auto.training.data.augmentation import (
     build_training_transforms,
     build_validation_transforms,

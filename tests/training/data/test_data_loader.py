@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from data_pipeline_fixtures import cache_2d_slices, cache_3d, make_configuration  # noqa: F401 (fixtures)
 from medseg_auto.training.data.loader import (
     BatchLoader,
     SiteBalancedCaseSampler,

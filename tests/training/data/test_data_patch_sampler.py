@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data_pipeline_fixtures import cache_2d_slices, cache_3d  # noqa: F401 (fixtures)
 from medseg_auto.errors import DatasetError
 from medseg_auto.training.data.patch_sampler import PatchSampler
 from medseg_auto.training.data.synthetic_cache import write_synthetic_cache

@@ -1,8 +1,4 @@
-"""Fixtures of the data-pipeline tests: tiny synthetic caches and configuration plans.
-
-A uniquely named module imported by each test file rather than a ``conftest.py``: tests
-elsewhere import ``conftest`` by name, and a second ``conftest`` module here would shadow theirs.
-"""
+"""Fixtures of the data-pipeline tests: tiny synthetic caches and configuration plans."""
 
 from __future__ import annotations
 
