@@ -42,14 +42,12 @@ from common import BenchmarkError
 
 from medseg_auto.errors import MedsegError
 from medseg_auto.paths import DataHome
-from medseg_auto.planning.plans import Plans
-from medseg_auto.preprocessing.cache import PreprocessedCache
 from medseg_auto.training.data.loader import make_training_loader
-from medseg_auto.training.data.splits import fold_cases, load_or_create_splits
 from medseg_auto.training.distributed import DistributedContext, configure_threads, resolve_device
 from medseg_auto.training.hooks import TrainingSettings
 from medseg_auto.training.network_registry import DEFAULT_NETWORK, available_networks
 from medseg_auto.training.registry import get_trainer
+from medseg_auto.training.run import TrainRequest, locate_fold
 from medseg_auto.training.trainer import Trainer, TrainingJob
 
 REFERENCE = "Base"
@@ -137,20 +135,8 @@ def parse_options(parser: argparse.ArgumentParser, values: Sequence[str]) -> dic
 
 def build_trainers(args: argparse.Namespace, home: DataHome, device: torch.device) -> dict[str, Trainer]:
     """One :class:`Trainer` per name on the same fold, seed (the same initial network) and settings."""
-    dataset_name = home.find_dataset(args.dataset)
-    preprocessed = home.preprocessed_dataset(dataset_name)
-    plans_file = preprocessed / f"{args.plans}.json"
-    if not plans_file.is_file():
-        raise BenchmarkError(f"{plans_file}: no plans; run 'medseg-auto plan_and_preprocess {args.dataset}' first")
-    plans = Plans.load(plans_file)
-    configuration = plans.configuration(args.configuration)
-    cache = PreprocessedCache(preprocessed / configuration.data_identifier)
-    case_ids = cache.case_ids()
-    if not case_ids:
-        raise BenchmarkError(f"{cache.folder}: no preprocessed cases")
-    sites = {case: cache.load_properties(case).site for case in case_ids}
-    fold = "all" if args.fold == "all" else int(args.fold)
-    train_ids = sorted(case_ids) if fold == "all" else fold_cases(load_or_create_splits(preprocessed, case_ids, sites), fold)[0]
+    fold = locate_fold(TrainRequest(home, args.dataset, args.configuration, args.fold, plans_name=args.plans))
+    plans, cache, sites, train_ids = fold.plans, fold.cache, fold.sites, fold.train_ids
     overrides: dict[str, Any] = {"num_epochs": args.epochs, "cpu_bf16": not args.no_bf16}
     if args.batch_size:
         overrides["batch_size"] = args.batch_size

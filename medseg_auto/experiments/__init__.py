@@ -2,8 +2,8 @@
 
 - :mod:`.splits`: the experiment's fixed splits (test, validation, nested novel subsets,
   held-out sites), written once to ``splits.json`` in the experiment folder;
-- :mod:`.cells`: one cell = train (``train_fold(split=...)``), predict the test cases, score,
-  write a done marker; resumable;
+- :mod:`.cells`: one cell = train (``train_fold(TrainRequest(split=...))``), predict the test
+  cases, score, write a done marker; resumable;
 - :mod:`.data_addition`: the data-addition dilemma (feature-discrepancy paper, Figure 3);
 - :mod:`.leave_one_site_out`: train on all sites but one, test on that one;
 - :mod:`.tables`: results tables (CSV + Markdown) and the Dice-against-fraction plot.

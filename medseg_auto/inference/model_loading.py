@@ -1,7 +1,8 @@
 """Loading trained folds for prediction, from ``results/DATASET/TRAINER__PLANS__CONFIG/``.
 
 The network is rebuilt the way the trainer built it (a method's ``build_network`` if it has
-one, else the plans' DynUNet with the run's deep-supervision setting), then the weights are
+one, else the registered network the checkpoint names, ``--network``, with the run's
+deep-supervision setting), then the weights are
 loaded from a plain-data checkpoint (``torch.load(weights_only=True)``).
 """
 

@@ -5,7 +5,7 @@ fills one :class:`TrainRequest`; :func:`train_fold` then runs a few named steps:
 
 1. :func:`_check_request`: the trainer, network, settings and ``--pretrained`` exist (before any
    data is read, so a typo fails at once);
-2. :func:`_locate_fold`: the plans, the preprocessed cache and the fold's cases (``splits.json``,
+2. :func:`locate_fold`: the plans, the preprocessed cache and the fold's cases (``splits.json``,
    or the request's explicit ``split``);
 3. :func:`_prepare_output`: ``results/NAME/TRAINER__PLANS__CONFIG/fold_F/`` with ``plans.json`` and
    ``dataset.json`` next to the fold folders; an earlier run's files set aside into
@@ -96,7 +96,7 @@ class TrainRequest:
 
 @dataclass
 class FoldData:
-    """What :func:`_locate_fold` found: the dataset's folders, plans, cache and the fold's cases."""
+    """What :func:`locate_fold` found: the dataset's folders, plans, cache and the fold's cases."""
 
     home: DataHome
     dataset_name: str
@@ -127,7 +127,7 @@ def fold_folder_name(fold: int | str) -> str:
 def train_fold(request: TrainRequest) -> Path:
     """Train the fold of ``request`` and return its results folder (``.../fold_F``)."""
     spec, methods = _check_request(request)
-    data = _locate_fold(request)
+    data = locate_fold(request)
     context = context_from_environment()
     device = resolve_device(request.device, context)
     threads = configure_threads(device, context)
@@ -178,8 +178,9 @@ def _check_request(request: TrainRequest) -> tuple[TrainerSpec, list[DomainMetho
     return spec, spec.create_methods(dict(request.trainer_options))
 
 
-def _locate_fold(request: TrainRequest) -> FoldData:
-    """The plans, the cache and the fold's ``(train, val)`` cases of the request."""
+def locate_fold(request: TrainRequest) -> FoldData:
+    """The plans, the cache and the fold's ``(train, val)`` cases of the request (also what the
+    benchmarks build their trainers on)."""
     home = request.home if isinstance(request.home, DataHome) else DataHome.resolve(request.home)
     fold = _parse_fold(request.fold) if request.split is None else _parse_split_tag(request.fold)
     dataset_name = home.find_dataset(request.dataset)

@@ -1,4 +1,4 @@
-"""``train_fold(split=(train, val))``: training and model selection see exactly the given cases."""
+"""``TrainRequest(split=(train, val))``: training and model selection see exactly the given cases."""
 
 from __future__ import annotations
 
