@@ -9,6 +9,7 @@ import sys
 from typing import Sequence
 
 from medseg_auto import __version__
+from medseg_auto.cli.aliases import StrictArgumentParser, add_aliases
 from medseg_auto.cli.common import HelpFormatter
 from medseg_auto.errors import MedsegError
 
@@ -40,7 +41,7 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medseg-auto", description=DESCRIPTION, formatter_class=HelpFormatter)
+    parser = StrictArgumentParser(prog="medseg-auto", description=DESCRIPTION, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"medseg_auto {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # a command still being built must not break the others
             raise
         module.register(subparsers)
+    add_aliases(parser)  # nnU-Net's spellings, and _/- spellings of every command
     return parser
 
 

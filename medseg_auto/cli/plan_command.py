@@ -33,7 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fingerprint a dataset, plan configurations, build the preprocessed cache",
         description=__doc__ + "\n\n" + EXAMPLES,
     )
-    parser.add_argument("dataset", help="dataset name (e.g. Hippocampus), id (4) or folder name")
+    parser.add_argument("dataset", nargs="?", default=None, help="dataset name (e.g. Hippocampus), id (4) or folder name")
+    parser.add_argument("-d", dest="dataset_ids", metavar="DATASET", nargs="+", default=[],
+                        help="nnU-Net's spelling: one or more dataset ids or names (-d 4 5)")
     parser.add_argument("-c", "--configurations", nargs="+", default=None,
                         help="configurations to preprocess (default: all planned: 2d 3d_fullres [3d_lowres])")
     parser.add_argument("--preset", default="default", help="planner preset: a name in plans/ or a JSON path")
@@ -48,6 +50,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medseg_auto.errors import MedsegError
+
+    datasets = ([args.dataset] if args.dataset else []) + list(args.dataset_ids)
+    if not datasets:
+        raise MedsegError("name a dataset: medseg-auto plan_and_preprocess NAME (or nnU-Net's -d ID)")
+    for dataset in datasets:
+        args.dataset = dataset
+        _run_one(args)
+    return 0
+
+
+def _run_one(args: argparse.Namespace) -> int:
     from medseg_auto.preprocessing.pipeline import plan_and_preprocess
 
     home = resolve_home(args)

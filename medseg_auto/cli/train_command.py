@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Sequence
 
+from medseg_auto.cli.aliases import StrictArgumentParser
 from medseg_auto.cli.common import HelpFormatter, add_home_argument, add_logging_arguments, resolve_home
 from medseg_auto.utils.logging_setup import configure_logging, get_logger
 
@@ -26,7 +27,7 @@ options appear in this help once -tr names the trainer (medseg-auto train -tr NA
 """
 
 
-class TrainArgumentParser(argparse.ArgumentParser):
+class TrainArgumentParser(StrictArgumentParser):
     """Adds the options of the trainer named by ``-tr`` before parsing the rest.
 
     argparse cannot know a trainer's options before it has read ``-tr``, so the first parse
@@ -43,7 +44,7 @@ class TrainArgumentParser(argparse.ArgumentParser):
 
 
 def _peek_trainer(args: Sequence[str] | None) -> str:
-    probe = argparse.ArgumentParser(add_help=False)
+    probe = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     probe.add_argument("-tr", "--trainer", default="Base")
     known, _ = probe.parse_known_args(args)
     return known.trainer

@@ -158,7 +158,7 @@ class DomainMethod:
     @classmethod
     def default_options(cls) -> dict[str, Any]:
         """The defaults of the options :meth:`add_cli_arguments` declares."""
-        parser = argparse.ArgumentParser(add_help=False)
+        parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
         cls.add_cli_arguments(parser)
         return vars(parser.parse_args([]))
 
