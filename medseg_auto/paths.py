@@ -9,6 +9,7 @@ datasets can be copied in unchanged) and are addressed by name (``Hippocampus``)
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from dataclasses import dataclass
@@ -62,8 +63,10 @@ class DataHome:
             if key == folder or key == match.group(2) or (key.isdigit() and int(key) == int(match.group(1))):
                 return folder
         known = ", ".join(candidates) or "none"
+        guess = closest_dataset_name(key, candidates)
+        hint = f"Did you mean '{guess}'? " if guess else ""
         raise DatasetError(
-            f"no dataset '{name_or_id}' in {self.raw} (known: {known}). Import one with "
+            f"no dataset '{name_or_id}' in {self.raw} (known: {known}). {hint}Import one with "
             "'medseg-auto import-msd' or 'medseg-auto import-folder', or pass --home."
         )
 
@@ -92,6 +95,18 @@ class DataHome:
                 return self.raw / folder
         chosen_id = dataset_id if dataset_id is not None else self.next_free_id()
         return self.raw / f"Dataset{chosen_id:03d}_{name}"
+
+
+def closest_dataset_name(key: str, folders: list[str]) -> str | None:
+    """The known dataset name closest to a mistyped one (``Hipocampus`` -> ``Hippocampus``)."""
+    names = {}
+    for folder in folders:
+        match = _FOLDER_PATTERN.match(folder)
+        if match:
+            names[match.group(2).lower()] = match.group(2)
+            names[folder.lower()] = folder
+    close = difflib.get_close_matches(key.lower(), list(names), n=1, cutoff=0.6)
+    return names[close[0]] if close else None
 
 
 def check_safe_name(name: str, what: str = "case name") -> str:
