@@ -19,6 +19,7 @@ examples:
   medseg-auto plan_and_preprocess 4 -c 3d_fullres -np 4
   medseg-auto plan_and_preprocess BUSI_STU --preset cpu_small
   medseg-auto plan_and_preprocess Hippocampus --plan-only --overwrite-plans
+  medseg-auto plan_and_preprocess -d 4 --splits $nnUNet_preprocessed/Dataset004_Hippocampus/splits_final.json
 
 Writes preprocessed/DATASET/{dataset_fingerprint.json, PLANS.json, PLANS_CONFIG/} and a
 machine-readable summary plan_and_preprocess_summary.json. Rerunning resumes: finished cases
@@ -43,6 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--verify", action="store_true",
                         help="check every case first (like 'medseg-auto verify') and stop on any error")
     parser.add_argument("--plan-only", action="store_true", help="write fingerprint and plans, skip preprocessing")
+    parser.add_argument("--splits", metavar="FILE", default=None,
+                        help="use these cross-validation folds (e.g. nnU-Net's splits_final.json) as splits.json")
     add_home_argument(parser)
     add_processes_argument(parser)
     add_logging_arguments(parser)
@@ -73,6 +76,10 @@ def _run_one(args: argparse.Namespace) -> int:
         show_progress=not args.no_progress, overwrite_plans=args.overwrite_plans, plan_only=args.plan_only,
         verify=args.verify,
     )
+    if args.splits:
+        from medseg_auto.cli.splits_option import install_splits_for
+
+        log.info("cross-validation folds from %s: %s", args.splits, install_splits_for(home, args.dataset, args.splits))
     elapsed = time.perf_counter() - started
     rows = []
     for name, config in plans.configurations.items():

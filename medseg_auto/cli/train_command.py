@@ -99,6 +99,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--network", default="dynunet",
                         help="network variant, usable with any trainer (see 'medseg-auto trainers'); a "
                              "non-default one is added to the results folder name: TRAINER-NETWORK__PLANS__CONFIG")
+    parser.add_argument("--splits", metavar="FILE", default=None,
+                        help="cross-validation folds from this file (e.g. nnU-Net's splits_final.json)")
     add_home_argument(parser)
     add_logging_arguments(parser)
     parser.set_defaults(handler=run, trainer_option_dests=[])
@@ -112,6 +114,10 @@ def run(args: argparse.Namespace) -> int:
     if not context_from_environment().is_main:
         get_logger().setLevel("WARNING")  # one process reports; the others only warn
     options = {dest: getattr(args, dest) for dest in args.trainer_option_dests}
+    if args.splits:
+        from medseg_auto.cli.splits_option import install_splits_for
+
+        install_splits_for(resolve_home(args), args.dataset, args.splits)
     folder = train_fold(
         resolve_home(args), args.dataset, args.configuration, args.fold,
         trainer_name=args.trainer, plans_name=args.plans, epochs=args.epochs,
