@@ -99,6 +99,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--network", default="dynunet",
                         help="network variant, usable with any trainer (see 'medseg-auto trainers'); a "
                              "non-default one is added to the results folder name: TRAINER-NETWORK__PLANS__CONFIG")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also log losses, Dice, LR and validation overlays for TensorBoard (fold_F/tensorboard/)")
     parser.add_argument("--splits", metavar="FILE", default=None,
                         help="cross-validation folds from this file (e.g. nnU-Net's splits_final.json)")
     add_home_argument(parser)
@@ -125,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         continue_training=args.continue_training, pretrained=args.pretrained, device=args.device,
         seed=args.seed, num_workers=args.num_workers, cpu_bf16=False if args.no_bf16 else None,
         val_best=args.val_best, save_probabilities=args.npz, trainer_options=options,
-        network=args.network,
+        network=args.network, settings_overrides={"tensorboard": True} if args.tensorboard else None,
     )
     log.info("results: %s", folder)
     return 0
