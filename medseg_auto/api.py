@@ -38,8 +38,9 @@ class Predictor:
     """A trained model (one fold or an ensemble of folds), loaded once, predicting many images.
 
     Like nnU-Net's ``nnUNetPredictor``: build it from a results folder
-    (``results/DatasetNNN_Name/TRAINER__PLANS__CONFIG``), then call :meth:`predict` with an
-    array or an image file. Prediction is the CLI's: the training preprocessing, sliding window
+    (``results/DatasetNNN_Name/TRAINER__PLANS__CONFIG``, or nnU-Net v2's
+    ``nnUNet_results/DatasetNNN_Name/nnUNetTrainer__nnUNetPlans__3d_fullres``), then call
+    :meth:`predict` with an array or an image file. Prediction is the CLI's: the training preprocessing, sliding window
     with Gaussian weighting and mirroring, softmax averaged over folds, resampled back to the
     input's grid, and ``postprocessing.json`` applied when the folder has one.
     """
@@ -47,9 +48,12 @@ class Predictor:
     def __init__(self, model_folder: str | Path, folds: Sequence[int | str] | None = None, checkpoint: str = "final",
                  device: str = "auto", step_size: float = 0.5, use_mirroring: bool = True,
                  use_autocast: bool | None = None, postprocessing: bool = True) -> None:
+        from medseg_auto.inference.nnunet_model import is_nnunet_model_folder, load_nnunet_folds
+
         self.model_folder = Path(model_folder)
-        self.models: list[LoadedModel] = load_folds(self.model_folder, [str(f) for f in folds] if folds else None,
-                                                    checkpoint)
+        chosen = [str(f) for f in folds] if folds else None
+        load = load_nnunet_folds if is_nnunet_model_folder(self.model_folder) else load_folds
+        self.models: list[LoadedModel] = load(self.model_folder, chosen, checkpoint)
         self.device = resolve_device(device)
         for model in self.models:
             model.network.to(self.device)
