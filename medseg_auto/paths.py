@@ -15,6 +15,7 @@ in folders of the same ``DatasetNNN_Name``. A dataset in our own ``raw/`` wins a
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -42,10 +43,16 @@ class DataHome:
         """``home`` if given, else ``$MEDSEG_AUTO_HOME``, else ``./medseg_auto_data``; the
         external raw folder is ``raw`` if given, else ``$nnUNet_raw`` if set."""
         chosen = home or os.environ.get(HOME_ENV) or DEFAULT_HOME
-        external = raw or os.environ.get(NNUNET_RAW_ENV) or None
-        external_path = Path(external).expanduser().resolve() if external else None
-        if external_path is not None and not external_path.is_dir():
-            raise DatasetError(f"{external_path}: raw dataset folder not found (from --raw or ${NNUNET_RAW_ENV})")
+        external_path = None
+        if raw:
+            external_path = Path(raw).expanduser().resolve()
+            if not external_path.is_dir():
+                raise DatasetError(f"{external_path}: raw dataset folder not found (--raw)")
+        elif os.environ.get(NNUNET_RAW_ENV):
+            external_path = Path(os.environ[NNUNET_RAW_ENV]).expanduser().resolve()
+            if not external_path.is_dir():  # a stale variable must not stop work on our own datasets
+                logging.getLogger("medseg_auto").warning("$%s=%s is not a folder; ignored", NNUNET_RAW_ENV, external_path)
+                external_path = None
         return cls(Path(chosen).expanduser().resolve(), external_path)
 
     @property

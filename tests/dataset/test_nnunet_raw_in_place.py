@@ -49,9 +49,11 @@ def test_raw_option_and_commands_never_write_there(nnunet_raw, tmp_path) -> None
     assert (ours / "preprocessed" / "Dataset004_Tiny" / "plans.json").is_file()
 
 
-def test_missing_raw_folder_is_an_error(tmp_path) -> None:
+def test_missing_raw_folder_is_an_error_and_a_stale_variable_is_ignored(tmp_path, monkeypatch) -> None:
     with pytest.raises(DatasetError, match="raw dataset folder not found"):
         DataHome.resolve(tmp_path / "ours", tmp_path / "nowhere")
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "gone"))
+    assert DataHome.resolve(tmp_path / "ours").external_raw is None
 
 
 def test_import_msd_accepts_a_v2_folder(nnunet_raw, tmp_path, capsys) -> None:
