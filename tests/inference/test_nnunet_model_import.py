@@ -123,6 +123,16 @@ def test_predict_cli_with_an_nnunet_folder_writes_nothing_there(nnunet_model, tm
     assert "nnU-Net v2 model folder" in capsys.readouterr().err
 
 
+def test_predictor_takes_an_nnunet_folder(nnunet_model) -> None:
+    from medseg_auto.api import Predictor
+
+    folder, _ = nnunet_model
+    predictor = Predictor(folder, device="cpu", use_mirroring=False)
+    labels = predictor.predict(np.random.default_rng(1).normal(size=(17, 19, 21)).astype(np.float32),
+                               spacing=(1.0, 1.0, 1.0))
+    assert labels.shape == (17, 19, 21) and set(np.unique(labels)) <= {0, 1}
+
+
 def test_checkpoint_with_an_object_is_refused(nnunet_model) -> None:
     folder, _ = nnunet_model
     path = folder / "fold_0" / "checkpoint_final.pth"
