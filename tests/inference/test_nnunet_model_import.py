@@ -174,3 +174,15 @@ def test_plans_round_trip_and_export_command(tmp_path) -> None:
     assert written["plans_name"] == "nnUNetPlans_medseg"
     assert written["configurations"]["3d_fullres"]["architecture"]["network_class_name"].endswith("PlainConvUNet")
     assert main(["export-plans", "Test", "--home", str(home)]) == 2
+
+
+def test_plans_before_nnunet_2_4_are_read() -> None:
+    config = dict(resolved_configuration(NNUNET_PLANS, "3d_fullres"))
+    config.pop("architecture")
+    config.update({"UNet_class_name": "PlainConvUNet", "UNet_base_num_features": 4, "unet_max_num_features": 8,
+                   "conv_kernel_sizes": [[3, 3, 3]] * 3, "pool_op_kernel_sizes": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
+                   "n_conv_per_stage_encoder": [2, 2, 2], "n_conv_per_stage_decoder": [2, 2]})
+    old = {**NNUNET_PLANS, "configurations": {"3d_fullres": config}}
+    network = plans_from_nnunet(old, DATASET_JSON).configurations["3d_fullres"].network
+    assert network.features_per_stage == [4, 8, 8] and network.strides == [[1, 1, 1], [2, 2, 2], [2, 2, 2]]
+    assert network.network_class == "PlainConvUNet"
