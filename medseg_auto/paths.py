@@ -5,10 +5,17 @@ holds ``raw/``, ``preprocessed/`` and ``results/``; every command also takes ``-
 Raw datasets are folders ``raw/DatasetNNN_Name`` (nnU-Net's naming, so existing nnU-Net
 datasets can be copied in unchanged) and are addressed by name (``Hippocampus``), by id
 (``4``), or by the full folder name.
+
+nnU-Net users keep raw datasets under ``$nnUNet_raw``. When that variable is set (or
+``--raw DIR`` is given), datasets there are found by name or id too and read in place, never
+written to: their preprocessed data, results and reports (verify's) go under our data home,
+in folders of the same ``DatasetNNN_Name``. A dataset in our own ``raw/`` wins a name clash.
 """
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -17,6 +24,7 @@ from pathlib import Path
 from medseg_auto.errors import DatasetError, UnsafePathError
 
 HOME_ENV = "MEDSEG_AUTO_HOME"
+NNUNET_RAW_ENV = "nnUNet_raw"
 DEFAULT_HOME = "medseg_auto_data"
 _FOLDER_PATTERN = re.compile(r"^Dataset(\d{3})_(.+)$")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\- ()+]*$")
@@ -24,15 +32,28 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\- ()+]*$")
 
 @dataclass(frozen=True)
 class DataHome:
-    """The three top-level folders of a data home."""
+    """The three top-level folders of a data home, and an optional read-only raw folder of
+    someone else's (nnU-Net's ``nnUNet_raw``)."""
 
     root: Path
+    external_raw: Path | None = None
 
     @classmethod
-    def resolve(cls, home: str | os.PathLike | None = None) -> "DataHome":
-        """``home`` if given, else ``$MEDSEG_AUTO_HOME``, else ``./medseg_auto_data``."""
+    def resolve(cls, home: str | os.PathLike | None = None, raw: str | os.PathLike | None = None) -> "DataHome":
+        """``home`` if given, else ``$MEDSEG_AUTO_HOME``, else ``./medseg_auto_data``; the
+        external raw folder is ``raw`` if given, else ``$nnUNet_raw`` if set."""
         chosen = home or os.environ.get(HOME_ENV) or DEFAULT_HOME
-        return cls(Path(chosen).expanduser().resolve())
+        external_path = None
+        if raw:
+            external_path = Path(raw).expanduser().resolve()
+            if not external_path.is_dir():
+                raise DatasetError(f"{external_path}: raw dataset folder not found (--raw)")
+        elif os.environ.get(NNUNET_RAW_ENV):
+            external_path = Path(os.environ[NNUNET_RAW_ENV]).expanduser().resolve()
+            if not external_path.is_dir():  # a stale variable must not stop work on our own datasets
+                logging.getLogger("medseg_auto").warning("$%s=%s is not a folder; ignored", NNUNET_RAW_ENV, external_path)
+                external_path = None
+        return cls(Path(chosen).expanduser().resolve(), external_path)
 
     @property
     def raw(self) -> Path:
@@ -47,10 +68,23 @@ class DataHome:
         return self.root / "results"
 
     def list_datasets(self) -> list[str]:
-        """Folder names of the raw datasets, sorted."""
-        if not self.raw.is_dir():
-            return []
-        return sorted(p.name for p in self.raw.iterdir() if _FOLDER_PATTERN.match(p.name))
+        """Folder names of the raw datasets (ours and the external raw folder's), sorted."""
+        names = set(_dataset_folders(self.raw))
+        if self.external_raw is not None:
+            names |= set(_dataset_folders(self.external_raw))
+        return sorted(names)
+
+    def is_external(self, name_or_id: str) -> bool:
+        """True when the dataset is read in place from the external raw folder."""
+        folder = self.find_dataset(name_or_id)
+        return self.external_raw is not None and not (self.raw / folder).is_dir()
+
+    def output_folder_for_raw(self, name_or_id: str) -> Path:
+        """Where reports about a raw dataset go: the dataset folder itself when it is ours, our
+        ``preprocessed/DatasetNNN_Name`` when it is read in place (never written to)."""
+        if self.is_external(name_or_id):
+            return self.preprocessed_dataset(name_or_id)
+        return self.raw_dataset(name_or_id)
 
     def find_dataset(self, name_or_id: str) -> str:
         """Return the folder name (``DatasetNNN_Name``) for a name, an id or a folder name."""
@@ -62,13 +96,19 @@ class DataHome:
             if key == folder or key == match.group(2) or (key.isdigit() and int(key) == int(match.group(1))):
                 return folder
         known = ", ".join(candidates) or "none"
+        guess = closest_dataset_name(key, candidates)
+        hint = f"Did you mean '{guess}'? " if guess else ""
+        searched = f"{self.raw}" + (f" or {self.external_raw}" if self.external_raw is not None else "")
         raise DatasetError(
-            f"no dataset '{name_or_id}' in {self.raw} (known: {known}). Import one with "
+            f"no dataset '{name_or_id}' in {searched} (known: {known}). {hint}Import one with "
             "'medseg-auto import-msd' or 'medseg-auto import-folder', or pass --home."
         )
 
     def raw_dataset(self, name_or_id: str) -> Path:
-        return self.raw / self.find_dataset(name_or_id)
+        folder = self.find_dataset(name_or_id)
+        if self.external_raw is not None and not (self.raw / folder).is_dir():
+            return self.external_raw / folder
+        return self.raw / folder
 
     def preprocessed_dataset(self, name_or_id: str) -> Path:
         return self.preprocessed / self.find_dataset(name_or_id)
@@ -89,11 +129,29 @@ class DataHome:
         already used (an import run again writes into it), else a new one numbered
         ``dataset_id`` or the next free id. Unsafe names are refused."""
         check_safe_name(name, what="dataset name")
-        for folder in self.list_datasets():
+        for folder in _dataset_folders(self.raw):
             if _FOLDER_PATTERN.match(folder).group(2) == name:  # type: ignore[union-attr]
                 return self.raw / folder
         chosen_id = dataset_id if dataset_id is not None else self.next_free_id()
         return self.raw / f"Dataset{chosen_id:03d}_{name}"
+
+
+def _dataset_folders(raw: Path) -> list[str]:
+    if not raw.is_dir():
+        return []
+    return [p.name for p in raw.iterdir() if p.is_dir() and _FOLDER_PATTERN.match(p.name)]
+
+
+def closest_dataset_name(key: str, folders: list[str]) -> str | None:
+    """The known dataset name closest to a mistyped one (``Hipocampus`` -> ``Hippocampus``)."""
+    names = {}
+    for folder in folders:
+        match = _FOLDER_PATTERN.match(folder)
+        if match:
+            names[match.group(2).lower()] = match.group(2)
+            names[folder.lower()] = folder
+    close = difflib.get_close_matches(key.lower(), list(names), n=1, cutoff=0.6)
+    return names[close[0]] if close else None
 
 
 def check_safe_name(name: str, what: str = "case name") -> str:

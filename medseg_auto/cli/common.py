@@ -27,6 +27,10 @@ def add_home_argument(parser: argparse.ArgumentParser) -> None:
         "--home", default=None,
         help="data home holding raw/, preprocessed/, results/ (default: $MEDSEG_AUTO_HOME or ./medseg_auto_data)",
     )
+    parser.add_argument(
+        "--raw", metavar="DIR", default=None,
+        help="also find raw datasets here, read in place and never written to (default: $nnUNet_raw if set)",
+    )
 
 
 def add_processes_argument(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +44,7 @@ def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_home(args: argparse.Namespace) -> DataHome:
-    return DataHome.resolve(getattr(args, "home", None))
+    return DataHome.resolve(getattr(args, "home", None), getattr(args, "raw", None))
 
 
 def start_log(folder: Path, command: str, args: argparse.Namespace) -> Path:

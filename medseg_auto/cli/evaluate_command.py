@@ -31,14 +31,24 @@ examples:
   medseg-auto evaluate preds/ labels/ -d Hippocampus --sites -o reports/hippo
   medseg-auto evaluate preds/ labels/ --labels 1 2 -np 8    # no dataset.json: labels given
   medseg-auto evaluate preds/ labels/                       # labels: every value seen
+  medseg-auto evaluate -ref labels/ -pred preds/            # named roles, in any order
+
+PRED_DIR comes first, the reverse of nnU-Net's evaluate_folder (GT PRED). Given by position, the
+folders are checked for a swap (a reference folder holding a predict run's files, a prediction
+folder with every reference case and more, or a reference with fewer or other labels) and such
+a call stops with an error; -pred/-ref name the roles and skip that check.
 """
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("evaluate", help="score predictions against reference label maps",
                                    description=DESCRIPTION, formatter_class=HelpFormatter)
-    parser.add_argument("pred_dir", metavar="PRED_DIR", type=Path, help="folder of predicted label maps")
-    parser.add_argument("gt_dir", metavar="GT_DIR", type=Path, help="folder of reference label maps")
+    parser.add_argument("pred_dir", metavar="PRED_DIR", type=Path, nargs="?", help="folder of predicted label maps")
+    parser.add_argument("gt_dir", metavar="GT_DIR", type=Path, nargs="?", help="folder of reference label maps")
+    parser.add_argument("-pred", "--pred", dest="pred_named", metavar="PRED_DIR", type=Path, default=None,
+                        help="predictions, named (instead of the first position; no swap check)")
+    parser.add_argument("-ref", "--ref", dest="gt_named", metavar="GT_DIR", type=Path, default=None,
+                        help="references, named (instead of the second position; nnU-Net's GT folder)")
     parser.add_argument("-d", "--dataset", metavar="NAME", default=None,
                         help="dataset name, id or folder: labels, names, file ending and sites from its dataset.json")
     parser.add_argument("--predicted-only", action="store_true",
@@ -59,6 +69,9 @@ def run(args: argparse.Namespace) -> int:
     from medseg_auto.evaluation.evaluate import EvaluationError, evaluate_folders
     from medseg_auto.evaluation.writing import write_evaluation
 
+    from medseg_auto.evaluation import folder_roles
+
+    positional = _resolve_folders(args, EvaluationError)
     spec = DatasetSpec.load(resolve_home(args).raw_dataset(args.dataset)) if args.dataset else None
     sites = _chosen_sites(args, spec, EvaluationError)
     if spec is not None and args.labels:
@@ -68,11 +81,16 @@ def run(args: argparse.Namespace) -> int:
                                   f"foreground labels {spec.foreground_labels}")
     if not args.pred_dir.is_dir():
         raise EvaluationError(f"{args.pred_dir}: prediction folder not found")
+    if positional:
+        pred_ids, gt_ids = folder_roles.case_ids(args.pred_dir), folder_roles.case_ids(args.gt_dir)
+        folder_roles.check_folder_roles(args.pred_dir, args.gt_dir, pred_ids, gt_ids, args.predicted_only)
     output = args.output or args.pred_dir
     log_file = start_log(output, "evaluate", args)
     result = evaluate_folders(args.pred_dir, args.gt_dir, spec=spec, labels=args.labels, sites=sites,
                               num_processes=args.num_processes, show_progress=not args.no_progress,
                               predicted_only=args.predicted_only)
+    if positional:
+        folder_roles.check_label_roles(result.table, args.pred_dir, args.gt_dir, pred_ids, gt_ids)
     paths = write_evaluation(result, output)
     summary = result.summary
     for label, values in summary["per_class"].items():
@@ -85,6 +103,18 @@ def run(args: argparse.Namespace) -> int:
     log.info("worst: %s", ", ".join(f"{c['case']} ({c['foreground_dice']:.3f})" for c in summary["worst_cases"]))
     log.info("wrote %s; log: %s", ", ".join(str(p) for p in paths.values()), log_file)
     return 0
+
+
+def _resolve_folders(args: argparse.Namespace, error_type: type) -> bool:
+    """Fill ``args.pred_dir``/``args.gt_dir`` from positions or -pred/-ref; True if by position."""
+    if args.pred_named is not None or args.gt_named is not None:
+        if args.pred_named is None or args.gt_named is None or args.pred_dir is not None:
+            raise error_type("give both -pred and -ref, and no folder by position (or both by position: PRED GT)")
+        args.pred_dir, args.gt_dir = args.pred_named, args.gt_named
+        return False
+    if args.pred_dir is None or args.gt_dir is None:
+        raise error_type("give PRED_DIR and GT_DIR (or -pred PRED_DIR -ref GT_DIR)")
+    return True
 
 
 def _chosen_sites(args: argparse.Namespace, spec: DatasetSpec | None, error_type: type) -> dict[str, str] | None:

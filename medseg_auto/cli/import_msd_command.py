@@ -21,18 +21,22 @@ TASK_DIR is either a Medical Segmentation Decathlon task (dataset.json + imagesT
 labelsTr/; 4D multi-modal images are split into one file per channel) or a plain folder with
 images/ and labels/ (no dataset.json: label values are inferred and named label_1, ... unless
 --labels names them). Images and labels are paired by file name; unpaired files are skipped
-with a warning that lists them. Run 'medseg-auto verify NAME' afterwards.
+with a warning that lists them. An nnU-Net v2 raw folder (dataset.json with channel_names and
+file_ending, imagesTr/CASE_0000.nii.gz) is copied as is ('import-nnunet' is another name for this
+command; to read such a folder in place instead, use --raw DIR or $nnUNet_raw with any command).
+The log says which layout was recognised. Run 'medseg-auto verify NAME' afterwards.
 
 examples:
   medseg-auto import-msd ../shared/data/hippocampus --name Hippocampus --labels anterior posterior
   medseg-auto import-msd Task04_Hippocampus --name Hippocampus --id 4
   medseg-auto import-msd Task01_BrainTumour --name BrainTumour -np 8 --home /data/medseg
+  medseg-auto import-nnunet $nnUNet_raw/Dataset004_Hippocampus --name Hippocampus --id 4
 """
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "import-msd", help="import a Decathlon task or images/ + labels/ folder of 3D volumes",
+        "import-msd", aliases=["import-nnunet"], help="import a Decathlon task or images/ + labels/ folder of 3D volumes",
         description=DESCRIPTION, formatter_class=HelpFormatter,
     )
     parser.add_argument("task_dir", metavar="TASK_DIR", help="Decathlon task folder, or a folder with images/ and labels/")

@@ -9,6 +9,7 @@ import sys
 from typing import Sequence
 
 from medseg_auto import __version__
+from medseg_auto.cli.aliases import StrictArgumentParser, add_aliases
 from medseg_auto.cli.common import HelpFormatter
 from medseg_auto.errors import MedsegError
 
@@ -16,7 +17,7 @@ COMMAND_MODULES = (
     "medseg_auto.cli.import_msd_command",
     "medseg_auto.cli.import_folder_command",
     "medseg_auto.cli.verify_command", "medseg_auto.cli.merge_command",
-    "medseg_auto.cli.plan_command",
+    "medseg_auto.cli.plan_command", "medseg_auto.cli.export_plans_command",
     "medseg_auto.cli.train_command", "medseg_auto.cli.trainers_command",
     "medseg_auto.cli.predict_command",
     "medseg_auto.cli.evaluate_command", "medseg_auto.cli.compare_command",
@@ -40,11 +41,12 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medseg-auto", description=DESCRIPTION, formatter_class=HelpFormatter)
+    parser = StrictArgumentParser(prog="medseg-auto", description=DESCRIPTION, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"medseg_auto {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
+    add_aliases(parser)  # nnU-Net's spellings, and _/- spellings of every command
     return parser
 
 

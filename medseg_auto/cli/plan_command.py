@@ -19,6 +19,7 @@ examples:
   medseg-auto plan_and_preprocess 4 -c 3d_fullres -np 4
   medseg-auto plan_and_preprocess BUSI_STU --preset cpu_small
   medseg-auto plan_and_preprocess Hippocampus --plan-only --overwrite-plans
+  medseg-auto plan_and_preprocess -d 4 --splits $nnUNet_preprocessed/Dataset004_Hippocampus/splits_final.json
 
 Writes preprocessed/DATASET/{dataset_fingerprint.json, PLANS.json, PLANS_CONFIG/} and a
 machine-readable summary plan_and_preprocess_summary.json. Rerunning resumes: finished cases
@@ -33,7 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fingerprint a dataset, plan configurations, build the preprocessed cache",
         description=__doc__ + "\n\n" + EXAMPLES,
     )
-    parser.add_argument("dataset", help="dataset name (e.g. Hippocampus), id (4) or folder name")
+    parser.add_argument("dataset", nargs="?", default=None, help="dataset name (e.g. Hippocampus), id (4) or folder name")
+    parser.add_argument("-d", dest="dataset_ids", metavar="DATASET", nargs="+", default=[],
+                        help="nnU-Net's spelling: one or more dataset ids or names (-d 4 5)")
     parser.add_argument("-c", "--configurations", nargs="+", default=None,
                         help="configurations to preprocess (default: all planned: 2d 3d_fullres [3d_lowres])")
     parser.add_argument("--preset", default="default", help="planner preset: a name in plans/ or a JSON path")
@@ -41,6 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--verify", action="store_true",
                         help="check every case first (like 'medseg-auto verify') and stop on any error")
     parser.add_argument("--plan-only", action="store_true", help="write fingerprint and plans, skip preprocessing")
+    parser.add_argument("--splits", metavar="FILE", default=None,
+                        help="use these cross-validation folds (e.g. nnU-Net's splits_final.json) as splits.json")
     add_home_argument(parser)
     add_processes_argument(parser)
     add_logging_arguments(parser)
@@ -48,6 +53,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medseg_auto.errors import MedsegError
+
+    datasets = ([args.dataset] if args.dataset else []) + list(args.dataset_ids)
+    if not datasets:
+        raise MedsegError("name a dataset: medseg-auto plan_and_preprocess NAME (or nnU-Net's -d ID)")
+    for dataset in datasets:
+        args.dataset = dataset
+        _run_one(args)
+    return 0
+
+
+def _run_one(args: argparse.Namespace) -> int:
     from medseg_auto.preprocessing.pipeline import plan_and_preprocess
 
     home = resolve_home(args)
@@ -59,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
         show_progress=not args.no_progress, overwrite_plans=args.overwrite_plans, plan_only=args.plan_only,
         verify=args.verify,
     )
+    if args.splits:
+        from medseg_auto.cli.splits_option import install_splits_for
+
+        log.info("cross-validation folds from %s: %s", args.splits, install_splits_for(home, args.dataset, args.splits))
     elapsed = time.perf_counter() - started
     rows = []
     for name, config in plans.configurations.items():

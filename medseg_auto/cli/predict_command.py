@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from medseg_auto.cli.common import HelpFormatter, add_home_argument, add_logging_arguments, resolve_home, start_log
+from medseg_auto.cli.model_source import add_model_argument, resolve_models
 from medseg_auto.inference.fda import DEFAULT_BETA, DEFAULT_DONORS
 from medseg_auto.inference.ood import DEFAULT_PERCENTILE
 from medseg_auto.utils.atomic import atomic_path, read_json, write_json_atomic
@@ -24,6 +25,7 @@ examples:
   medseg-auto predict -i images/ -o out/ -d BreastUS -c 2d -tr Base --save-probabilities
   medseg-auto predict -i stu_images/ -o out_fda/ -d BreastUS -c 2d --fda-source BreastUS --fda-site busi
   medseg-auto predict -i new_scans/ -o out/ -d Hippocampus -c 3d_fullres --no-ood
+  medseg-auto predict -i imagesTs/ -o out/ -m $nnUNet_results/Dataset004_Hippocampus/nnUNetTrainer__nnUNetPlans__3d_fullres
 
 Input: a folder in raw-dataset naming (CASE_0000.ext, one file per channel) or plain files
 (one single-channel case each); output: one label file per case with the input's format,
@@ -52,8 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    description=__doc__ + "\n\n" + EXAMPLES)
     parser.add_argument("-i", "--input", required=True, type=Path, help="input folder or file")
     parser.add_argument("-o", "--output", required=True, type=Path, help="output folder")
-    parser.add_argument("-d", "--dataset", required=True, help="dataset the model was trained on (name or id)")
-    parser.add_argument("-c", "--configuration", required=True, help="2d, 3d_fullres or 3d_lowres")
+    parser.add_argument("-d", "--dataset", help="dataset the model was trained on (name or id)")
+    parser.add_argument("-c", "--configuration", help="2d, 3d_fullres or 3d_lowres")
+    add_model_argument(parser)
     parser.add_argument("-f", "--folds", nargs="+", default=None, help="folds to ensemble (default: all trained)")
     parser.add_argument("-tr", "--trainer", default="Base", help="trainer name")
     parser.add_argument("-p", "--plans", default="plans", help="plans name")
@@ -82,14 +85,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medseg_auto.inference.model_loading import experiment_folder, load_folds
     from medseg_auto.inference.postprocessing import PostprocessingPlan
     from medseg_auto.inference.predict import PredictionOptions, default_autocast, predict_folder, resolve_device
 
     home = resolve_home(args)
     log_file = start_log(args.output, "predict", args)
-    folder = experiment_folder(home.results_dataset(args.dataset), args.trainer, args.plans, args.configuration)
-    models = load_folds(folder, args.folds, args.checkpoint)
+    source = resolve_models(args, home)
+    folder, models = source.folder, source.models
     postprocess = None
     postprocessing_file = folder / "postprocessing.json"
     if postprocessing_file.is_file() and not args.no_postprocessing:
@@ -103,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
     fda = _fda_adapter(args, home, models) if args.fda_source else None
     started = time.perf_counter()
     ood = None
+    if source.is_nnunet and not args.no_ood:
+        log.info("OOD scores need a reference from medseg_auto's training; none for an nnU-Net model (as --no-ood)")
+        args.no_ood = True
     if not args.no_ood:
         from medseg_auto.inference.ood_references import make_scorer
 

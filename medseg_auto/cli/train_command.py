@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Sequence
 
+from medseg_auto.cli.aliases import StrictArgumentParser
 from medseg_auto.cli.common import HelpFormatter, add_home_argument, add_logging_arguments, resolve_home
 from medseg_auto.utils.logging_setup import configure_logging, get_logger
 
@@ -26,7 +27,7 @@ options appear in this help once -tr names the trainer (medseg-auto train -tr NA
 """
 
 
-class TrainArgumentParser(argparse.ArgumentParser):
+class TrainArgumentParser(StrictArgumentParser):
     """Adds the options of the trainer named by ``-tr`` before parsing the rest.
 
     argparse cannot know a trainer's options before it has read ``-tr``, so the first parse
@@ -43,7 +44,7 @@ class TrainArgumentParser(argparse.ArgumentParser):
 
 
 def _peek_trainer(args: Sequence[str] | None) -> str:
-    probe = argparse.ArgumentParser(add_help=False)
+    probe = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     probe.add_argument("-tr", "--trainer", default="Base")
     known, _ = probe.parse_known_args(args)
     return known.trainer
@@ -98,6 +99,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--network", default="dynunet",
                         help="network variant, usable with any trainer (see 'medseg-auto trainers'); a "
                              "non-default one is added to the results folder name: TRAINER-NETWORK__PLANS__CONFIG")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also log losses, Dice, LR and validation overlays for TensorBoard (fold_F/tensorboard/)")
+    parser.add_argument("--splits", metavar="FILE", default=None,
+                        help="cross-validation folds from this file (e.g. nnU-Net's splits_final.json)")
     add_home_argument(parser)
     add_logging_arguments(parser)
     parser.set_defaults(handler=run, trainer_option_dests=[])
@@ -111,9 +116,13 @@ def run(args: argparse.Namespace) -> int:
     if not context_from_environment().is_main:
         get_logger().setLevel("WARNING")  # one process reports; the others only warn
     options = {dest: getattr(args, dest) for dest in args.trainer_option_dests}
+    if args.splits:
+        from medseg_auto.cli.splits_option import install_splits_for
+
+        install_splits_for(resolve_home(args), args.dataset, args.splits)
     named = {"num_epochs": args.epochs, "iterations_per_epoch": args.iters_per_epoch,
              "val_iterations_per_epoch": args.val_iters_per_epoch, "num_workers": args.num_workers,
-             "cpu_bf16": False if args.no_bf16 else None}
+             "cpu_bf16": False if args.no_bf16 else None, "tensorboard": True if args.tensorboard else None}
     folder = train_fold(TrainRequest(
         resolve_home(args), args.dataset, args.configuration, args.fold, trainer_name=args.trainer,
         plans_name=args.plans, network=args.network, trainer_options=options,

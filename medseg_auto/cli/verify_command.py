@@ -40,8 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    folder = resolve_home(args).raw_dataset(args.name)
-    start_log(folder, "verify", args)
+    home = resolve_home(args)
+    folder = home.raw_dataset(args.name)
+    start_log(home.output_folder_for_raw(args.name), "verify", args)
     logger = logging.getLogger("medseg_auto.verify")
     try:
         spec = DatasetSpec.load(folder)
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         shown = ", ".join(str(n) for n in names[:WARNING_CASES_SHOWN])
         more = f" and {len(names) - WARNING_CASES_SHOWN} more" if len(names) > WARNING_CASES_SHOWN else ""
         logger.warning("warning: %d x %s: %s%s", len(grouped), message, shown, more)
-    report = folder / REPORT_NAME
+    report = home.output_folder_for_raw(args.name) / REPORT_NAME
     write_json_atomic(report, {
         "dataset": folder.name, "num_cases": num_cases, "errors": len(errors), "warnings": len(warnings),
         "problems": [p.to_json() for p in problems],

@@ -65,8 +65,8 @@ def build_report(results_dir: str | Path, output_dir: str | Path | None = None, 
     experiments, dataset_folder = _find_experiments(results_dir)
     output = Path(output_dir) if output_dir else results_dir / REPORT_FOLDER
     output.mkdir(parents=True, exist_ok=True)
-    home = home or DataHome(dataset_folder.parent.parent)
-    raw = home.raw / dataset_folder.name
+    home = home or DataHome.resolve(dataset_folder.parent.parent)
+    raw = home.raw_dataset(dataset_folder.name) if dataset_folder.name in home.list_datasets() else home.raw / dataset_folder.name
     spec = DatasetSpec.load(raw) if (raw / "dataset.json").is_file() else None
     if spec is None:
         log.warning("raw dataset %s not found: no overlays, and no cross-validation unless already computed", raw)

@@ -88,6 +88,7 @@ class TrainingSettings:
     ``checkpoint_latest.pt`` writes; 1 because a checkpoint costs well under 1% of an epoch
     even on a GPU (30 M parameters + momentum: ~250 MB), while nnU-Net's 50 could lose hours on
     a CPU. ``cpu_bf16``: bfloat16 autocast on CPU (see :mod:`.trainer` for the measurement).
+    ``tensorboard``: also write TensorBoard curves and overlays (:mod:`.monitoring`).
     """
 
     num_epochs: int = 1000
@@ -105,6 +106,7 @@ class TrainingSettings:
     cpu_bf16: bool = True
     batch_size: int | None = None
     num_workers: int | None = None
+    tensorboard: bool = False
 
     @property
     def validation_iterations(self) -> int:
@@ -215,7 +217,7 @@ class DomainMethod:
     @classmethod
     def default_options(cls) -> dict[str, Any]:
         """The defaults of the options :meth:`add_cli_arguments` declares."""
-        parser = argparse.ArgumentParser(add_help=False)
+        parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
         cls.add_cli_arguments(parser)
         return vars(parser.parse_args([]))
 

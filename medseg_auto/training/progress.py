@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from medseg_auto.utils.atomic import atomic_path, write_text_atomic
-from medseg_auto.utils.logging_setup import LOGGER_NAME
+from medseg_auto.utils.logging_setup import LOGGER_NAME, ensure_console_logging
 
 EMA_MOMENTUM = 0.9
 TRAINING_LOG = "training_log.txt"
@@ -162,6 +162,7 @@ def training_log_file(path: Path) -> Iterator[Path]:
     the package logger is raised to INFO for the duration if it was quieter.
     """
     logger = logging.getLogger(LOGGER_NAME)
+    ensure_console_logging()  # train_fold called from a notebook: show the epochs there too
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s: %(message)s"))

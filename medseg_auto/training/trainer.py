@@ -47,6 +47,7 @@ from medseg_auto.training.hooks import (
 from medseg_auto.training.loss import build_loss
 from medseg_auto.training.network import FeatureTaps, cpu_bf16_is_safe, tap_channels
 from medseg_auto.training.network_registry import DEFAULT_NETWORK, build_registered_network
+from medseg_auto.training.monitoring import TrainingMonitor
 from medseg_auto.training.progress import (
     PROGRESS_CSV, PROGRESS_PNG, ProgressLog, confusion_counts, dice_from_counts, nanmean,
 )
@@ -104,6 +105,8 @@ class Trainer:
         self.best_ema = -math.inf
         self.progress = ProgressLog()
         self._set_up()
+        self.monitor = (TrainingMonitor(job.output_folder, self.settings.num_epochs, self.settings.tensorboard)
+                        if self.distributed.is_main else None)
 
     # ----- set-up ------------------------------------------------------------------------------
     def _set_up(self) -> None:
@@ -267,6 +270,8 @@ class Trainer:
         finally:
             train_loader.close()
             val_loader.close()
+            if getattr(self, "monitor", None) is not None:
+                self.monitor.close()
         if self.distributed.is_main:
             self.save_checkpoint(ckpt.FINAL)
             (self.job.output_folder / ckpt.LATEST).unlink(missing_ok=True)
@@ -287,9 +292,10 @@ class Trainer:
             train_losses.append(value)
             method_logs.append(logs)
         self.network.eval()
-        val_losses, counts = [], None
+        val_losses, counts, val_batch = [], None, None
         for _ in range(self.settings.validation_iterations):
-            value, batch_counts = self.validation_step(next(val_loader))
+            val_batch = next(val_loader)
+            value, batch_counts = self.validation_step(val_batch)
             val_losses.append(value)
             counts = batch_counts if counts is None else counts + batch_counts
         self.scheduler.step()
@@ -299,7 +305,24 @@ class Trainer:
         self.progress.append(row)
         self.current_epoch = epoch + 1
         self._after_epoch(row)
+        if getattr(self, "monitor", None) is not None:
+            self.monitor.epoch_end(row, self.progress.curves.get("epoch_time", []),
+                                   self.settings.num_epochs - self.current_epoch, lambda: self._overlay(val_batch))
         return row
+
+    @torch.no_grad()
+    def _overlay(self, batch: Mapping[str, Any] | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """``(data, target, logits)`` of a validation batch, for TensorBoard's overlay pictures."""
+        if batch is None:
+            return None
+        data = batch["data"].to(self.device)
+        with self.autocast():
+            outputs = self.network(data)
+        logits = outputs if isinstance(outputs, torch.Tensor) else list(outputs)[0]
+        _pop_auxiliary_heads(self.network)
+        if self.taps is not None:
+            self.taps.clear()
+        return data, batch["target"], logits
 
     def _epoch_row(self, epoch: int, lr: float, train_losses: list[float], val_losses: list[float],
                    counts: torch.Tensor, method_logs: list[dict[str, float]], started: float) -> dict[str, float]:

@@ -35,3 +35,24 @@ def configure_logging(log_file: Path | None = None, verbose: bool = False) -> Pa
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logger.addHandler(file_handler)
     return log_file
+
+
+def ensure_console_logging(level: int = logging.INFO) -> bool:
+    """Show the package's records on stdout when nobody configured logging (a notebook).
+
+    The CLI configures a console handler itself, and an application that set up the root
+    logger keeps full control: in both cases nothing is added. Otherwise (Jupyter's default)
+    records would reach no console at all, so one plain handler is added. Returns True when
+    it added one.
+    """
+    logger = logging.getLogger(LOGGER_NAME)
+    has_console = any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+                      for h in logger.handlers)
+    if has_console or (logger.propagate and logging.getLogger().handlers):
+        return False
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(console)
+    if logger.level == logging.NOTSET or logger.level > level:
+        logger.setLevel(level)
+    return True

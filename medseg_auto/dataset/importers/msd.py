@@ -2,6 +2,8 @@
 
 Layouts (first match wins):
 
+- nnU-Net v2 raw: ``dataset.json`` with ``file_ending`` and name -> value ``labels``,
+  ``imagesTr/CASE_0000.nii.gz``; copied as is (:mod:`.nnunet_v2`).
 - Decathlon: ``TASK/dataset.json`` (``"modality": {"0": "MRI"}``, ``"labels": {"0":
   "background", "1": ...}``) with ``imagesTr/x.nii.gz`` and ``labelsTr/x.nii.gz``. 4D
   multi-modal images are split into one file per channel, as nnU-Net v2 expects.
@@ -74,7 +76,15 @@ def import_msd(
     dropped), e.g. ``["anterior", "posterior"]`` for hippocampus.
     """
     task_dir = Path(task_dir)
+    from medseg_auto.dataset.importers.nnunet_v2 import import_nnunet_v2, is_nnunet_v2_folder
+
+    if is_nnunet_v2_folder(task_dir):
+        if label_names:
+            raise DatasetError(f"{task_dir / 'dataset.json'}: an nnU-Net v2 dataset names its labels; drop --labels")
+        return import_nnunet_v2(home, task_dir, name, dataset_id, num_processes, show_progress)
     layout = find_volume_layout(task_dir)
+    logger.info("recognised layout: %s", "Decathlon task (dataset.json with 'modality')" if layout.msd_json
+                else f"plain folders {layout.images_dir.name}/ + {layout.labels_dir.name}/ (no dataset.json)")
     pairs = _pair_volumes(layout)
     names = _clean_label_names(label_names)
     folder, _ = prepare_dataset_folder(home, name, dataset_id, append=False)

@@ -138,3 +138,29 @@ def _parse_splits(path: Path) -> list[Split]:
         {"train": [str(case) for case in split["train"]], "val": [str(case) for case in split["val"]]}
         for split in payload
     ]
+
+
+def install_splits(preprocessed_dataset_folder: str | Path, source: str | Path, case_ids: Sequence[str]) -> Path:
+    """Make ``source`` (e.g. nnU-Net's ``splits_final.json``) this dataset's ``splits.json``.
+
+    Folds then match the user's nnU-Net runs exactly. The file is checked like our own (shape,
+    and every case must be one of ``case_ids``); an existing different ``splits.json`` is kept
+    and refused, since runs already trained on it would no longer match their fold numbers.
+    Returns the installed path.
+    """
+    source = Path(source)
+    if not source.is_file():
+        raise DatasetError(f"{source}: splits file not found")
+    splits = _parse_splits(source)
+    unknown = sorted({case for split in splits for case in split["train"] + split["val"]} - set(case_ids))
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise DatasetError(f"{source}: names {len(unknown)} case(s) that are not in the dataset ({shown})")
+    target = Path(preprocessed_dataset_folder) / SPLITS_FILE_NAME
+    if target.is_file():
+        if _parse_splits(target) == splits:
+            return target
+        raise DatasetError(f"{target}: holds other splits than {source}; delete it (and runs trained on it) "
+                           "to use the new ones")
+    write_json_atomic(target, splits)
+    return target
