@@ -14,7 +14,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "medseg_auto"
 STAGE_RANK = {
     "": 0, "utils": 0, "errors": 0, "paths": 0, "dataset": 1, "planning": 2, "preprocessing": 3,
-    "training": 4, "inference": 5, "evaluation": 6, "experiments": 7, "cli": 8, "demo": 8, "__main__": 9,
+    "training": 4, "inference": 5, "evaluation": 6, "experiments": 7, "cli": 8, "demo": 8, "api": 8, "__main__": 9,
 }
 
 # The arrows that run up, each with the reason it may. A new one belongs here only with a reason.

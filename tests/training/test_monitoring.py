@@ -10,7 +10,7 @@ import pytest
 from medseg_auto.training.monitoring import (
     TENSORBOARD_FOLDER, eta_line, format_duration, overlay_epochs, overlay_picture, remaining_seconds,
 )
-from medseg_auto.training.run import train_fold
+from medseg_auto.training.run import TrainRequest, train_fold
 
 
 def test_remaining_time_uses_recent_epochs() -> None:
@@ -42,8 +42,8 @@ def test_training_logs_eta_and_writes_tensorboard(toy_home) -> None:
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    folder = train_fold(toy_home, "Toy", "2d", 0, epochs=2, iters_per_epoch=1, val_iters_per_epoch=1, device="cpu",
-                        seed=0, num_workers=0, settings_overrides={"tensorboard": True})
+    folder = train_fold(TrainRequest(toy_home, "Toy", "2d", 0, device="cpu", seed=0, settings={
+        "num_epochs": 2, "iterations_per_epoch": 1, "val_iterations_per_epoch": 1, "num_workers": 0, "tensorboard": True}))
     log_text = (folder / "training_log.txt").read_text()
     assert "ETA: 1 epoch(s) left" in log_text and "ETA: last epoch done" in log_text
     events = EventAccumulator(str(folder / TENSORBOARD_FOLDER), size_guidance={"images": 0, "scalars": 0})
@@ -56,6 +56,6 @@ def test_training_logs_eta_and_writes_tensorboard(toy_home) -> None:
 
 
 def test_tensorboard_is_off_by_default(toy_home) -> None:
-    folder = train_fold(toy_home, "Toy", "2d", 0, epochs=1, iters_per_epoch=1, val_iters_per_epoch=1, device="cpu",
-                        seed=0, num_workers=0)
+    folder = train_fold(TrainRequest(toy_home, "Toy", "2d", 0, device="cpu", seed=0, settings={
+        "num_epochs": 1, "iterations_per_epoch": 1, "val_iterations_per_epoch": 1, "num_workers": 0}))
     assert not (folder / TENSORBOARD_FOLDER).exists()
