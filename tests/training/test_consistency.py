@@ -62,7 +62,7 @@ def _context(home, configuration="2d"):
 @pytest.mark.parametrize("configuration", ["2d", "3d_fullres"])
 def test_reconstruction_head_and_network_get_gradients(toy_home, configuration):
     context = _context(toy_home, configuration)
-    method = Consistency()
+    method = Consistency({"consistency_rampup": 0.0, "consistency_weight": 10.0})  # the paper's weights from step 1
     method.setup(context)
     network = context.network.train()
     data = torch.randn(2, 1, *context.configuration.patch_size)
@@ -81,7 +81,7 @@ def test_reconstruction_head_and_network_get_gradients(toy_home, configuration):
 
 def test_reconstruction_weight_zero_turns_the_head_off(toy_home):
     context = _context(toy_home)
-    method = Consistency({"reconstruction_weight": 0.0})
+    method = Consistency({"reconstruction_weight": 0.0, "consistency_rampup": 0.0, "consistency_weight": 10.0})
     method.setup(context)
     data = torch.randn(2, 1, 16, 16)
     loss, logs = method.extra_loss({}, [context.network.train()(data)], torch.zeros(1), {"data": data})

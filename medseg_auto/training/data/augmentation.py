@@ -16,7 +16,8 @@ releases moved to batchgeneratorsv2 with the same parameters. The training pipel
 7. gamma (0.7, 1.5) on the inverted image, retaining mean and std, p 0.1; 8. the same, not inverted, p 0.3.
 9. mirroring, each allowed axis with p 0.5.
 10. zero outside the non-zero mask for channels normalised inside it (``use_mask_for_norm``).
-11. seg -1 -> 0, renamed ``target``; 12. to torch (``data`` float32, ``target`` int64).
+11. ``padding`` = seg < 0 (bool), then seg -1 -> 0, renamed ``target``; 12. to torch
+    (``data`` float32, ``target`` int64, ``padding`` bool).
 
 Validation uses steps 11-12 only. Deep-supervision targets are made later, by the trainer.
 Every transform draws from numpy's and Python's global random state (batchgenerators' design);
@@ -42,6 +43,7 @@ from batchgenerators.transforms.spatial_transforms import MirrorTransform, Spati
 from batchgenerators.transforms.utility_transforms import NumpyToTensor, RemoveLabelTransform, RenameTransform
 
 from medseg_auto.training.data.custom_transforms import (
+    PaddingMaskTransform,
     Convert2DTo3DTransform,
     Convert3DTo2DTransform,
     MaskOutsideTransform,
@@ -205,14 +207,16 @@ def build_training_transforms(
 
 
 def build_validation_transforms() -> AbstractTransform:
-    """Validation: no augmentation, only seg -1 -> 0 and conversion to ``data`` / ``target`` tensors."""
+    """Validation: no augmentation, only the padding mask, seg -1 -> 0 and conversion to tensors."""
     return Compose(_finalising_transforms())
 
 
 def _finalising_transforms() -> list[AbstractTransform]:
     return [
+        PaddingMaskTransform(),
         RemoveLabelTransform(-1, 0),
         RenameTransform("seg", "target", True),
         NumpyToTensor(["data"], "float"),
         NumpyToTensor(["target"], "long"),
+        NumpyToTensor(["padding"], "bool"),
     ]

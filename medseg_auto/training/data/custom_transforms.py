@@ -60,3 +60,14 @@ class MaskOutsideTransform(AbstractTransform):
         for channel in self.channels:
             batch["data"][:, channel][outside] = 0
         return batch
+
+
+class PaddingMaskTransform(AbstractTransform):
+    """``batch["padding"] = seg < 0``, bool ``(B, 1, *patch)``: where the patch lies outside the
+    image (padding, rotation borders) or outside its non-zero region. Taken before ``seg -1 -> 0``
+    turns those voxels into background, for losses that must not count them as background
+    (FeatureDiscrepancy's masks)."""
+
+    def __call__(self, **batch: Any) -> dict[str, Any]:
+        batch["padding"] = batch["seg"] < 0
+        return batch

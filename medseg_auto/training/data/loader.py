@@ -2,7 +2,8 @@
 
 A loader is an endless iterator of batches ``{"data": torch.float32 (B, C, *patch),
 "target": torch.int64 (B, 1, *patch) with values >= 0, "case_ids": list[str],
-"sites": list[str | None]}``. With ``num_workers > 0`` batches are produced by that many
+"sites": list[str | None], "padding": torch.bool (B, 1, *patch)}`` (padding: outside the
+image or its non-zero region, seg -1 before it became background). With ``num_workers > 0`` batches are produced by that many
 processes while the network trains, so the training step rarely waits; with 0 everything runs
 in the calling process (tests, debugging).
 
@@ -58,7 +59,7 @@ __all__ = [
 
 WORKERS_ENV = "MEDSEG_AUTO_WORKERS"
 MAX_DEFAULT_WORKERS = 12  # nnU-Net's default nnUNet_n_proc_DA
-BATCH_KEYS = ("data", "target", "case_ids", "sites")
+BATCH_KEYS = ("data", "target", "case_ids", "sites", "padding")  # padding: bool (B, 1, *patch), seg < 0
 DEFAULT_SEED = 12345
 
 Transform = Callable[..., dict[str, Any]]
@@ -121,7 +122,7 @@ class BatchProducer:
             self._thread_limiter = ThreadpoolController()
         with self._thread_limiter.limit(limits=1), self._own_global_random_state():
             batch = self.transform(**self.sampler.sample_batch(self._rng))
-        return {key: batch[key] for key in BATCH_KEYS}
+        return {key: batch[key] for key in BATCH_KEYS if key in batch}
 
     @contextmanager
     def _own_global_random_state(self) -> Iterator[None]:

@@ -30,7 +30,9 @@ Masks at a layer's resolution (the paper max-pools the mask): class ``k`` covers
 voxel under it has label ``k`` (max pool: a lesion smaller than a bottleneck cell still counts);
 background covers a cell only when every voxel under it is background (``1 - maxpool(label != 0)``),
 so foreground and background never share a cell and for binary labels background is the paper's
-``1 - maxpool(y)``. Negative labels (ignored) are neither. Multi-class labels: each foreground
+``1 - maxpool(y)``. Negative labels (ignored) are neither, and nor is the padding of a padded
+patch (the loader's ``padding`` mask, seg -1 before it became label 0): a cell touching padding
+is never background (issue 13: it was, so constant padding features diluted ``B_g``). Multi-class labels: each foreground
 class against background, one at a time, averaged over the (sample, class) pairs present.
 """
 
@@ -51,16 +53,19 @@ NORMALIZATIONS = ("variance", "none")
 class MaskPyramid:
     """Class masks of one target at every requested resolution, pooled once per resolution.
 
-    ``target`` ``(B, 1, *patch)`` int; :meth:`at` returns float32 ``(B, K, *s)`` masks: channel
+    ``target`` ``(B, 1, *patch)`` int, ``padding`` bool of the same shape or None; :meth:`at`
+    returns float32 ``(B, K, *s)`` masks: channel
     0 background, channel ``k`` class ``k`` (see the module docstring). Coarser resolutions are
     pooled from a cached finer one whenever its size divides evenly (encoder and decoder stages
     of one level share a resolution, and each level halves the previous one), so a layer costs
     one small pooling rather than one over the full patch.
     """
 
-    def __init__(self, target: torch.Tensor, num_classes: int) -> None:
+    def __init__(self, target: torch.Tensor, num_classes: int, padding: torch.Tensor | None = None) -> None:
         labels = target[:, 0]
-        any_foreground = (labels != 0).unsqueeze(1)
+        any_foreground = (labels != 0).unsqueeze(1)  # "not background": foreground, ignored, padding
+        if padding is not None:
+            any_foreground = any_foreground | padding.to(device=labels.device, dtype=torch.bool).reshape_as(any_foreground)
         classes = [labels == k for k in range(1, num_classes)]
         stacked = torch.cat([any_foreground, *(c.unsqueeze(1) for c in classes)], dim=1)
         self.spatial_dims = labels.dim() - 1

@@ -150,7 +150,7 @@ class FeatureDiscrepancy(DomainMethod):
         grad = contextlib.nullcontext() if weight > 0 else torch.no_grad()
         with grad, torch.autocast(target.device.type, enabled=False):
             self.prepare_batch(batch, target.shape[0], target.device)
-            masks = MaskPyramid(target, self.num_classes)
+            masks = MaskPyramid(target, self.num_classes, batch.get("padding"))  # padding is not background
             per_layer, names, values, counts = [], [], [], []
             for tap in self.taps:
                 feature = features[tap]

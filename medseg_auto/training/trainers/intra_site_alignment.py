@@ -16,10 +16,17 @@ What happens, and our choices where the paper is silent:
   dataset) are never trained on but still validated, which gives target Dice in the final
   validation. Without it every training case is source.
 - Each epoch start (Algorithm 1): one random patch per source and per target case (the
-  configuration's patch, unaugmented, network in eval mode) is embedded as the global average
-  of the bottleneck output, ``(F,)`` (``--aiva-source-patches N``: a random N source cases
-  per epoch, to bound the cost on a CPU). The paper flattens whole-slice bottlenecks; our patches
-  sit at random positions, where a spatial flattening would compare unrelated locations.
+  configuration's patch, unaugmented, network in eval mode) is embedded as the per-channel
+  ``mean / std`` and ``log std`` of the bottleneck's features *before its last instance norm*,
+  ``(2F,)`` (scale-free: the norm undoes any rescaling of those features, so a raw mean and std
+  would let the network shrink the alignment loss for free)
+  (``--aiva-source-patches N``: a random N source cases per epoch, to bound the cost on a CPU).
+  Departures from the paper, which flattens whole-slice bottlenecks: our patches sit at random
+  positions, where a spatial flattening would compare unrelated locations, so the embedding is
+  pooled; and it is pooled before the norm because after it (the former choice, still
+  ``--aiva-features gap``) every sample's channel means are nearly the same: clusters of such
+  vectors carry little between-sample variability to align (issue 13; the between-sample spread
+  is 3x larger before the norm, see :mod:`~medseg_auto.training.feature_statistics`).
 - PCA (20 axes) then k-means per site (``--aiva-embedding tsne`` adds the paper's 2-D t-SNE),
   k = 12 capped by the case counts, Hungarian matching.
 - Every step the method draws ``--aiva-target-batch`` (default: the plans' batch) of the
@@ -47,7 +54,7 @@ import argparse
 import contextlib
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -59,8 +66,8 @@ from medseg_auto.training.cluster_alignment import EMBEDDINGS, alignment_loss, c
 from medseg_auto.training.data.case_samplers import UniformCaseSampler
 from medseg_auto.training.data.image_folder_cache import cache_image_folder
 from medseg_auto.training.data.patch_sampler import PatchSampler
+from medseg_auto.training.feature_statistics import prenorm_recorder, scale_free_mean_std
 from medseg_auto.training.hooks import DatasetInfo, DomainMethod, TrainingContext
-from medseg_auto.training.network import tapped
 from medseg_auto.training.registry import register_trainer
 from medseg_auto.utils.atomic import write_json_atomic
 from medseg_auto.utils.logging_setup import get_logger
@@ -70,9 +77,19 @@ TARGET_CACHE_FOLDER = "aiva_target_cache"
 CLUSTERS_FILE = "aiva_clusters.json"
 
 
+AIVA_FEATURES = ("prenorm", "gap")
+
+
 def pooled(features: torch.Tensor) -> torch.Tensor:
     """Global average over the spatial axes: ``(B, F, *s) -> (B, F)`` float32."""
     return features.float().flatten(2).mean(dim=2)
+
+
+def bottleneck_embedding(prenorm_features: torch.Tensor) -> torch.Tensor:
+    """The default embedding: ``(B, F, *s)`` features before the bottleneck's last norm -> ``(B, 2F)``
+    per-channel mean / std and log std (float32; unchanged by a per-channel scaling of those
+    features, which the norm would undo anyway, so the alignment loss cannot be lowered by it)."""
+    return scale_free_mean_std(prenorm_features)
 
 
 @register_trainer("IntraSiteVariabilityAlignment")
@@ -100,6 +117,9 @@ class IntraSiteVariabilityAlignment(DomainMethod):
                             help="first steps whose mean alignment loss sets lambda = 1 / mean (default: 5)")
         parser.add_argument("--aiva-weight", type=float, default=1.0, metavar="W",
                             help="extra factor on lambda (default: 1)")
+        parser.add_argument("--aiva-features", choices=AIVA_FEATURES, default="prenorm",
+                            help="bottleneck embedding: per-channel mean and std before its last instance norm "
+                                 "(default), or the global average after it (nearly the same for every sample)")
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(options)
@@ -201,15 +221,27 @@ class IntraSiteVariabilityAlignment(DomainMethod):
         self.network.eval()
         chunks = []
         try:
-            with torch.no_grad(), self.autocast(), tapped(self.network, "bottleneck") as taps:
+            with torch.no_grad(), self.autocast(), self._recorder() as record:
                 for start in range(0, len(cases), self.embed_batch):
                     stop = start + self.embed_batch
                     self.network(self._patches(sampler, cases[start:stop], seeds[start:stop]))
-                    chunks.append(pooled(taps.features["bottleneck"]).cpu().numpy())
-                    taps.clear()
+                    chunks.append(self._embedding(record).cpu().numpy())
+                    record.clear()
         finally:
             self.network.train(was_training)
         return np.concatenate(chunks)
+
+    def _recorder(self) -> contextlib.AbstractContextManager:
+        """Records what :meth:`_embedding` reads during a forward pass (a dict, cleared by the caller)."""
+        if self.options["aiva_features"] == "gap":
+            return _output_recorder(self.network.bottleneck)
+        return prenorm_recorder(self.network.bottleneck)
+
+    def _embedding(self, record: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``(B, D)`` float32 embedding of the latest forward pass."""
+        if self.options["aiva_features"] == "gap":
+            return pooled(record["features"])
+        return bottleneck_embedding(record["features"])
 
     # ----- every step --------------------------------------------------------------------------
     def extra_loss(self, features: Mapping[str, torch.Tensor], logits: Sequence[torch.Tensor], target: torch.Tensor,
@@ -219,9 +251,9 @@ class IntraSiteVariabilityAlignment(DomainMethod):
         data = self._patches(self.target_sampler, [self.target_cases[i] for i in chosen], self.target_seeds[chosen])
         clusters = torch.from_numpy(self.target_labels[chosen]).to(self.device)
         calibrating = self.lam is None
-        with torch.no_grad() if calibrating else contextlib.nullcontext(), tapped(self.network, "bottleneck") as taps:
+        with torch.no_grad() if calibrating else contextlib.nullcontext(), self._recorder() as record:
             self.network(data)
-            raw = alignment_loss(pooled(taps.features["bottleneck"]), clusters, self.partners, self.valid)
+            raw = alignment_loss(self._embedding(record), clusters, self.partners, self.valid)
         value = float(raw.detach())
         if calibrating:
             self.calibration.append(value)
@@ -250,3 +282,15 @@ class IntraSiteVariabilityAlignment(DomainMethod):
         lam = float(state.get("lambda", -1.0))
         self.lam = lam if lam > 0 else None
         self.calibration = [float(v) for v in state.get("calibration", [])]
+
+
+
+@contextlib.contextmanager
+def _output_recorder(block: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+    """``--aiva-features gap``: ``record["features"]`` is ``block``'s latest output."""
+    record: dict[str, torch.Tensor] = {}
+    handle = block.register_forward_hook(lambda module, inputs, output: record.__setitem__("features", output))
+    try:
+        yield record
+    finally:
+        handle.remove()

@@ -22,7 +22,8 @@ PATCH = [8, 12, 10]
 
 
 def _check_batch(batch, batch_size, patch, channels=1):
-    assert set(batch) == {"data", "target", "case_ids", "sites"}
+    assert set(batch) == {"data", "target", "case_ids", "sites", "padding"}
+    assert batch["padding"].shape == batch["target"].shape and batch["padding"].dtype == torch.bool
     assert batch["data"].shape == (batch_size, channels, *patch) and batch["data"].dtype == torch.float32
     assert batch["target"].shape == (batch_size, 1, *patch) and batch["target"].dtype == torch.int64
     assert batch["target"].min() >= 0
