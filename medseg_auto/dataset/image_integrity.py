@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg_auto.errors import ImageReadError
+from medseg_auto.errors import ImageReadError, ImageWriteError
 
 GZIP_MAGIC = b"\x1f\x8b"
 CHUNK_BYTES = 1 << 20
@@ -88,3 +88,33 @@ def _nifti_expected_bytes(path: Path) -> int | None:
     except Exception:  # nibabel raises many types for unreadable headers
         return None
     return offset + int(np.prod(shape, dtype=np.int64)) * int(itemsize)
+
+
+def check_written_image(path: str | os.PathLike) -> None:
+    """Raise :class:`ImageWriteError` unless the file just written is non-empty and reads back.
+
+    Why: SimpleITK's writer does not raise on a full disk (ENOSPC); it leaves an empty or cut
+    file, which an atomic rename would then publish under its final name, and a resumed run
+    would take as done. Called by the writers before their caller renames the file into place.
+    """
+    path = Path(path)
+    size = path.stat().st_size if path.is_file() else 0
+    if size == 0:
+        raise ImageWriteError(f"{path}: written file is empty (disk full?); nothing was published under this name")
+    try:
+        check_image_integrity(path)
+        if path.name.lower().endswith((".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")):
+            from PIL import Image
+
+            with Image.open(path) as opened:
+                opened.load()
+        else:
+            import SimpleITK as sitk
+
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+    except (ImageReadError, OSError, RuntimeError, ValueError) as error:
+        raise ImageWriteError(
+            f"{path}: written file does not read back (disk full?): {str(error).strip().splitlines()[-1][:200]}"
+        ) from error

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from medseg_auto.dataset.image_integrity import check_image_integrity
+from medseg_auto.dataset.image_integrity import check_image_integrity, check_written_image
 from medseg_auto.errors import GeometryMismatchError, ImageReadError
 
 NATURAL_IMAGE_ENDINGS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -167,7 +167,9 @@ def check_same_geometry(first: ImageGeometry, second: ImageGeometry, first_name:
 def write_segmentation(segmentation: np.ndarray, geometry: ImageGeometry, path: str | os.PathLike) -> None:
     """Write a ``(Z, Y, X)`` label map with ``geometry`` to ``path`` (format from its ending).
 
-    The caller handles atomicity (write to a temporary name with the same ending, then rename).
+    The caller handles atomicity (write to a temporary name with the same ending, then rename);
+    the file is read back first (:func:`check_written_image`), so a full disk raises here instead
+    of publishing an empty file.
     """
     path = Path(path)
     ending = file_ending_of(path)
@@ -180,6 +182,7 @@ def write_segmentation(segmentation: np.ndarray, geometry: ImageGeometry, path: 
         if labels.shape[0] != 1:
             raise ImageReadError(f"{path}: cannot write a {labels.shape[0]}-slice volume as a 2D image")
         Image.fromarray(labels[0]).save(path, format=_pillow_format(ending))
+        check_written_image(path)
         return
     import SimpleITK as sitk
 
@@ -191,6 +194,7 @@ def write_segmentation(segmentation: np.ndarray, geometry: ImageGeometry, path: 
     spacing_xyz = tuple(float(v) for v in reversed(geometry.spacing))
     image.SetSpacing(spacing_xyz[:2] if geometry.dimension == 2 else spacing_xyz)
     sitk.WriteImage(image, str(path), useCompression=True)
+    check_written_image(path)
 
 
 def write_image(image: np.ndarray, geometry: ImageGeometry, path: str | os.PathLike) -> None:
@@ -201,6 +205,7 @@ def write_image(image: np.ndarray, geometry: ImageGeometry, path: str | os.PathL
         from PIL import Image
 
         Image.fromarray(np.asarray(image[0])).save(path, format=_pillow_format(ending))
+        check_written_image(path)
         return
     import SimpleITK as sitk
 
@@ -212,6 +217,7 @@ def write_image(image: np.ndarray, geometry: ImageGeometry, path: str | os.PathL
     spacing_xyz = tuple(float(v) for v in reversed(geometry.spacing))
     sitk_image.SetSpacing(spacing_xyz[:2] if geometry.dimension == 2 else spacing_xyz)
     sitk.WriteImage(sitk_image, str(path), useCompression=True)
+    check_written_image(path)
 
 
 def _pillow_format(ending: str) -> str:
