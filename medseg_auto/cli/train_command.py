@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         continue_training=args.continue_training, pretrained=args.pretrained, device=args.device,
         seed=args.seed, num_workers=args.num_workers, cpu_bf16=False if args.no_bf16 else None,
         val_best=args.val_best, save_probabilities=args.npz, trainer_options=options,
-        network=args.network,
+        network=args.network, show_progress=not args.no_progress,
     )
     log.info("results: %s", folder)
     return 0

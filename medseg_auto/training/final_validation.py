@@ -52,6 +52,7 @@ class FinalValidationRequest:
     mirror_axes: list[int] | None
     save_probabilities: bool = False
     checkpoint_name: str = "checkpoint_final.pt"
+    show_progress: bool = True
 
 
 def find_predictor() -> Callable[[FinalValidationRequest], dict[str, Any]] | None:

@@ -10,6 +10,7 @@ calls the final validation.
 from __future__ import annotations
 
 import contextlib
+import re
 import secrets
 import shutil
 from dataclasses import fields
@@ -23,7 +24,7 @@ from medseg_auto.errors import DatasetError, MedsegError
 from medseg_auto.paths import DataHome, check_safe_name
 from medseg_auto.planning.plans import PLANS_FILE_NAME, Plans
 from medseg_auto.preprocessing.cache import PreprocessedCache
-from medseg_auto.training.checkpoint import BEST, FINAL, LATEST, find_resume_checkpoint, load_checkpoint, load_pretrained_weights
+from medseg_auto.training.checkpoint import BEST, FINAL, find_resume_checkpoint, load_checkpoint, load_pretrained_weights
 from medseg_auto.training.data.splits import fold_cases, load_or_create_splits
 from medseg_auto.training.distributed import (
     DistributedContext, barrier, configure_threads, rank_batch_size, context_from_environment, destroy_process_group, init_process_group,
@@ -31,8 +32,9 @@ from medseg_auto.training.distributed import (
 )
 from medseg_auto.training.final_validation import VALIDATION_FOLDER, FinalValidationRequest, run_final_validation
 from medseg_auto.training.hooks import TrainingSettings
-from medseg_auto.training.progress import PROGRESS_CSV, PROGRESS_PNG, TRAINING_LOG, training_log_file
+from medseg_auto.training.progress import TRAINING_LOG, training_log_file
 from medseg_auto.training.registry import get_trainer
+from medseg_auto.training.run_checks import PREVIOUS_RUN_FOLDER, check_settings, has_earlier_run, set_aside_earlier_run  # noqa: F401
 from medseg_auto.training.network_registry import DEFAULT_NETWORK, available_networks
 from medseg_auto.training.trainer import Trainer, TrainingJob
 from medseg_auto.utils.atomic import read_json, write_json_atomic
@@ -41,7 +43,6 @@ from medseg_auto.utils.logging_setup import get_logger
 COPIED_FILES = ("dataset.json", "dataset_fingerprint.json")
 SPLIT_FILE = "split.json"  # fold_<tag>/split.json: the case lists of a run with an explicit split
 log = get_logger("training.run")
-PREVIOUS_RUN_FOLDER = "previous_run"
 
 
 def trainer_folder_name(trainer_name: str, plans_name: str, configuration: str) -> str:
@@ -81,6 +82,7 @@ def train_fold(
     settings_overrides: Mapping[str, Any] | None = None,
     network: str = DEFAULT_NETWORK,
     split: tuple[Sequence[str], Sequence[str]] | None = None,
+    show_progress: bool = True,
 ) -> Path:
     """Train one fold (``0..4`` or ``"all"``) and return its results folder.
 
@@ -94,10 +96,13 @@ def train_fold(
     field) override the trainer's settings when given. ``trainer_options`` are the values of
     the trainer's own options (``add_cli_arguments``). ``network`` names a registered network
     (:mod:`~medseg_auto.training.network_registry`). ``seed=None`` draws one (recorded in the
-    checkpoints; ``--continue`` reuses it).
+    checkpoints; ``--continue`` reuses it). ``show_progress=False`` (``--no-progress``) hides
+    the final validation's progress bar.
     """
     if continue_training and pretrained is not None:
         raise MedsegError("--continue and --pretrained exclude each other: a resumed run already has its weights")
+    check_settings(_settings_overrides(epochs, iters_per_epoch, val_iters_per_epoch, num_workers, cpu_bf16,
+                                       settings_overrides), with_pretrained=pretrained is not None)
     spec = get_trainer(trainer_name)  # first: a typo should not wait for the data to load
     if network not in available_networks():
         raise MedsegError(f"unknown network '{network}'; available: {', '.join(available_networks())}")
@@ -132,6 +137,9 @@ def train_fold(
         output = experiment / fold_folder_name(fold)
         if context.is_main:
             output.mkdir(parents=True, exist_ok=True)
+            if not continue_training and has_earlier_run(output):
+                log.warning("%s held an earlier run; moved to %s (use --continue to resume instead)",
+                            output, set_aside_earlier_run(output))
             _copy_dataset_files(preprocessed, plans_name, experiment)
             if split is not None:
                 _record_split(output / SPLIT_FILE, train_ids, val_ids, continue_training)
@@ -158,7 +166,7 @@ def train_fold(
             barrier(context)
             destroy_process_group(context)
             if context.is_main:
-                _final_validation(trainer, home, dataset_name, preprocessed, val_best, save_probabilities)
+                _final_validation(trainer, home, dataset_name, preprocessed, val_best, save_probabilities, show_progress)
     finally:
         destroy_process_group(context)
     return output
@@ -250,29 +258,10 @@ def _restore(trainer: Trainer, output: Path, continue_training: bool, pretrained
             trainer.load_checkpoint(checkpoint)
     elif pretrained is not None:
         load_pretrained_weights(trainer.network, pretrained)
-    if not continue_training and find_resume_checkpoint(output) is not None:
-        moved = set_aside_earlier_run(output)
-        log.warning("%s held checkpoints of an earlier run; moved to %s (use --continue to resume instead)",
-                    output, moved)
-
-
-def set_aside_earlier_run(output: Path) -> Path:
-    """Move an earlier run's checkpoints and curves into ``output/previous_run/`` before a fresh
-    start. Left in place, a stale ``checkpoint_final.pt`` would be what a later ``--continue``
-    of the *new* run resumes from (it was: a fresh run killed after 4 epochs resumed the old
-    30-epoch run's final checkpoint). Only the latest earlier run is kept."""
-    previous = output / PREVIOUS_RUN_FOLDER
-    if previous.exists():
-        shutil.rmtree(previous)
-    previous.mkdir()
-    for name in (FINAL, LATEST, BEST, PROGRESS_CSV, PROGRESS_PNG):  # the log is open and appended to
-        if (output / name).exists():
-            (output / name).replace(previous / name)
-    return previous
 
 
 def _final_validation(trainer: Trainer, home: DataHome, dataset_name: str, preprocessed: Path,
-                      val_best: bool, save_probabilities: bool) -> None:
+                      val_best: bool, save_probabilities: bool, show_progress: bool = True) -> None:
     checkpoint_name = FINAL
     if val_best and (trainer.job.output_folder / BEST).is_file():
         trainer.network.load_state_dict(load_checkpoint(trainer.job.output_folder / BEST)["network_weights"])
@@ -284,6 +273,7 @@ def _final_validation(trainer: Trainer, home: DataHome, dataset_name: str, prepr
         case_ids=list(trainer.job.val_case_ids), preprocessed_dataset_folder=preprocessed,
         raw_dataset_folder=raw if raw.is_dir() else None, device=trainer.device,
         mirror_axes=trainer.mirror_axes, save_probabilities=save_probabilities, checkpoint_name=checkpoint_name,
+        show_progress=show_progress,
     ))
 
 
@@ -291,7 +281,11 @@ def _log_start(trainer: Trainer, description: str, threads: int, n_train: int, n
     job, settings = trainer.job, trainer.settings
     precision = "fp16 autocast + GradScaler" if trainer.device.type == "cuda" else (
         "bf16 autocast" if trainer.cpu_bf16 else "fp32")
-    log.info("trainer %s: %s", job.trainer_name, description)
+    schedule = f"{settings.num_epochs} x {settings.iterations_per_epoch} iterations"
+    # The description states the trainer's default schedule; the log states this run's.
+    log.info("trainer %s: %s", job.trainer_name, re.sub(r"\d+ x \d+ iterations", schedule, description))
+    log.info("this run: %d epochs x %d iterations, %d validation batches per epoch", settings.num_epochs,
+             settings.iterations_per_epoch, settings.validation_iterations)
     log.info("dataset %s, configuration %s, fold %s, seed %d", job.init_args.get("dataset"),
              job.configuration_name, job.init_args.get("fold"), job.seed)
     log.info("%d training cases, %d validation cases", n_train, n_val)

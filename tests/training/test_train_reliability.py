@@ -1,0 +1,42 @@
+"""train refuses numbers that cannot make a run, sets a whole earlier run aside, logs the real
+schedule, and --no-progress hides every bar."""
+
+from __future__ import annotations
+
+import pytest
+
+from medseg_auto.cli.main import main
+from medseg_auto.errors import MedsegError
+from medseg_auto.training.checkpoint import FINAL, load_checkpoint
+from medseg_auto.training.run import train_fold
+
+FAST = dict(device="cpu", seed=0, num_workers=0)
+
+
+@pytest.mark.parametrize("overrides", [dict(epochs=0), dict(epochs=-3), dict(iters_per_epoch=0),
+                                       dict(iters_per_epoch=-1), dict(val_iters_per_epoch=0)])
+def test_nonsensical_numbers_are_refused_before_anything_is_touched(toy_home, overrides):
+    with pytest.raises(MedsegError, match="must be a whole number of at least 1"):
+        train_fold(toy_home, "Toy", "2d", 0, **{**FAST, **overrides})
+    assert not (toy_home.results / "Dataset901_Toy").exists()
+
+
+def test_epochs_zero_on_the_command_line_is_one_line(toy_home, capsys):
+    code = main(["train", "Toy", "2d", "0", "--epochs", "0", "--home", str(toy_home.root), "--device", "cpu",
+                 "--no-progress"])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == "medseg-auto train: error: --epochs 0: must be a whole number of at least 1"
+
+
+def test_fresh_run_sets_the_whole_earlier_run_aside_and_logs_its_real_schedule(toy_home, capsys):
+    folder = train_fold(toy_home, "Toy", "2d", 0, epochs=2, iters_per_epoch=1, **FAST)
+    old_validation = (folder / "validation" / "summary.json").read_text()
+    capsys.readouterr()
+    train_fold(toy_home, "Toy", "2d", 0, epochs=1, iters_per_epoch=1, show_progress=False, **FAST)
+    previous = folder / "previous_run"
+    assert load_checkpoint(previous / FINAL)["current_epoch"] == 2 and load_checkpoint(folder / FINAL)["current_epoch"] == 1
+    assert (previous / "validation" / "summary.json").read_text() == old_validation
+    new_log = (folder / "training_log.txt").read_text()
+    assert "Epoch 1" not in new_log and "Epoch 1" in (previous / "training_log.txt").read_text()
+    assert "this run: 1 epochs x 1 iterations" in new_log and "1000 x 250" not in new_log
+    assert "final validation" not in capsys.readouterr().err  # --no-progress hides its bar too
