@@ -182,6 +182,6 @@ def make_scorer(models: Sequence[LoadedModel], experiment_folder: Path, preproce
                                                    preprocessed_dataset_folder, device, use_autocast))
     if all(reference is None for reference in references):
         # info, not a second warning: each fold already warned why it has no reference
-        log.info("no OOD reference for %s; predicting without OOD scores", experiment_folder)
+        log.debug("no OOD reference for %s; predicting without OOD scores", experiment_folder)
         return None
     return OodScorer(references, [model.name for model in models], percentile)

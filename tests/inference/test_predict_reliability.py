@@ -146,3 +146,18 @@ def test_case_locked_by_another_process_is_left_to_it(trained_syn2d_home, tmp_pa
         other.release_all()
     assert not (output / f"{locked}.png").exists()
     assert len(list(output.glob("*.png"))) == 1
+
+
+def test_2d_image_refused_for_a_3d_model_and_3d_volume_on_a_2d_model_logged(caplog, monkeypatch):
+    import logging
+    from types import SimpleNamespace
+
+    from medseg_auto.errors import ImageReadError
+    from medseg_auto.inference.inputs import check_case_dimension
+
+    with pytest.raises(ImageReadError, match="photo.png: a 2D image, but configuration 3d_fullres is a 3D model"):
+        check_case_dimension("photo", Path("photo.png"), 2, SimpleNamespace(is_2d=False, name="3d_fullres"))
+    monkeypatch.setattr(logging.getLogger("medseg_auto"), "propagate", True)
+    with caplog.at_level(logging.INFO, logger="medseg_auto"):
+        check_case_dimension("vol", Path("vol.nii.gz"), 3, SimpleNamespace(is_2d=True, name="2d"))
+    assert "predicted slice by slice" in caplog.text
