@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from medseg_auto.dataset.dataset_json import DatasetSpec, write_dataset_json
-from medseg_auto.dataset.image_integrity import check_image_integrity
+from medseg_auto.dataset.image_integrity import check_image_integrity, check_written_image
 from medseg_auto.dataset.image_io import SITK_ENDINGS, file_ending_of, read_segmentation
 from medseg_auto.dataset.importers.naming import check_encodable_names, file_stem, list_some, unique_case_ids
 from medseg_auto.dataset.importers.output import clear_case_folders, copy_file_atomic, prepare_dataset_folder
@@ -197,6 +197,7 @@ def _write_channels(image: Path, images_folder: Path, case_id: str) -> int:
         channel_image = sitk.Extract(volume, size[:3] + [0], [0, 0, 0, channel])
         with atomic_path(images_folder / f"{case_id}_{channel:04d}{FILE_ENDING}", suffix=FILE_ENDING) as temporary:
             sitk.WriteImage(channel_image, str(temporary), useCompression=True)
+            check_written_image(temporary)  # SimpleITK does not raise on a full disk
     return size[3]
 
 
@@ -208,6 +209,7 @@ def _copy_or_convert(source: Path, destination: Path) -> None:
 
     with atomic_path(destination, suffix=FILE_ENDING) as temporary:
         sitk.WriteImage(_sitk_read(source), str(temporary), useCompression=True)
+        check_written_image(temporary)
 
 
 def _dimension(path: Path) -> int:
