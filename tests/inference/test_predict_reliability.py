@@ -161,3 +161,11 @@ def test_2d_image_refused_for_a_3d_model_and_3d_volume_on_a_2d_model_logged(capl
     with caplog.at_level(logging.INFO, logger="medseg_auto"):
         check_case_dimension("vol", Path("vol.nii.gz"), 3, SimpleNamespace(is_2d=True, name="2d"))
     assert "predicted slice by slice" in caplog.text
+
+
+@pytest.mark.parametrize("option", [("--step", "0"), ("--step", "1.5"), ("-np", "0"), ("--ood-percentile", "120")])
+def test_meaningless_prediction_numbers_are_one_line(trained_syn2d_home, tmp_path, capsys, option):
+    output = tmp_path / "out"
+    assert _predict(trained_syn2d_home, _inputs(trained_syn2d_home, tmp_path), output, *option) == 2
+    assert _one_error_line(capsys).startswith(f"medseg-auto predict: error: {option[0]} {option[1]}")
+    assert not output.exists()
