@@ -161,25 +161,26 @@ def predict_folder(
     remove_stale_temporaries(output_folder)
     ledger = CaseLedger(output_folder)
     report = PredictionReport()
-    todo, busy = {}, []
+    todo = {}
     for case_id, files in cases.items():
-        target = targets[case_id]
-        if not options.overwrite and ledger.is_done(case_id, target):
+        if not options.overwrite and ledger.is_done(case_id, targets[case_id]):
             report.skipped_existing.append(case_id)
-        elif not ledger.claim(case_id):
-            busy.append(case_id)  # another process on this output folder is predicting it
         else:
-            todo[case_id] = (files, target)
+            todo[case_id] = (files, targets[case_id])
     if report.skipped_existing:
         log.info("%d case(s) already predicted in %s (pass --overwrite to redo)", len(report.skipped_existing), output_folder)
-    if busy:
-        log.info("%d case(s) are being predicted by another process into %s; left to it", len(busy), output_folder)
-        report.skipped_existing.extend(busy)
     progress = tqdm(total=len(todo), desc="predict", unit="case", disable=not options.show_progress)
     pending: list[tuple[str, Future]] = []
     with ledger_released(ledger), ThreadPoolExecutor(max_workers=1) as reader, \
             ProcessPoolExecutor(max_workers=max(1, options.export_workers)) as exporter:
         for case_id, loaded, started in _prefetch(reader, todo, plans, config):
+            # Claimed only now (few locks held at once); another process may have taken or finished it.
+            if not ledger.claim(case_id) or (not options.overwrite and ledger.is_done(case_id, todo[case_id][1])):
+                ledger.release(case_id)
+                log.info("case %s: being predicted by another process into %s; left to it", case_id, output_folder)
+                report.skipped_existing.append(case_id)
+                progress.update()
+                continue
             try:
                 if isinstance(loaded, Exception):
                     raise loaded
@@ -194,6 +195,7 @@ def predict_folder(
             except (MedsegError, RuntimeError, ValueError, OSError) as error:
                 if is_disk_full(error):
                     raise  # every later case would fail the same way: one clear error instead
+                ledger.release(case_id)
                 report.failed[case_id] = str(error)
                 log.error("case %s failed: %s", case_id, error)
             pending = _collect(pending, report, max_pending=2 * max(1, options.export_workers), ledger=ledger, todo=todo)
