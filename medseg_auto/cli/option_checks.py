@@ -17,7 +17,7 @@ def check_prediction_options(args: argparse.Namespace) -> None:
     _require(0.0 < args.step <= 1.0, f"--step {args.step:g}: must be in (0, 1] (a fraction of the patch)")
     _require(args.num_processes >= 1, f"-np {args.num_processes}: at least 1 export process is needed")
     _require(0.0 <= args.ood_percentile <= 100.0, f"--ood-percentile {args.ood_percentile:g}: must be in [0, 100]")
-    _require(0.0 < args.fda_beta <= 0.5, f"--fda-beta {args.fda_beta:g}: must be in (0, 0.5]")
+    _require(args.fda_beta >= 0.0, f"--fda-beta {args.fda_beta:g}: must not be negative")
     _require(args.fda_donors >= 1, f"--fda-donors {args.fda_donors}: at least 1 donor is needed")
 
 
