@@ -33,3 +33,11 @@ class PlansError(MedsegError):
 
 class UnsafePathError(MedsegError):
     """A case name would write outside the output folder."""
+
+
+class ImageWriteError(MedsegError):
+    """A written file came out empty or unreadable (a full disk: SimpleITK does not report it)."""
+
+
+class OutputFolderError(MedsegError):
+    """An output folder is unusable: it is the input folder, read-only, or in use by another run."""

@@ -79,13 +79,6 @@ class DataHome:
         folder = self.find_dataset(name_or_id)
         return self.external_raw is not None and not (self.raw / folder).is_dir()
 
-    def output_folder_for_raw(self, name_or_id: str) -> Path:
-        """Where reports about a raw dataset go: the dataset folder itself when it is ours, our
-        ``preprocessed/DatasetNNN_Name`` when it is read in place (never written to)."""
-        if self.is_external(name_or_id):
-            return self.preprocessed_dataset(name_or_id)
-        return self.raw_dataset(name_or_id)
-
     def find_dataset(self, name_or_id: str) -> str:
         """Return the folder name (``DatasetNNN_Name``) for a name, an id or a folder name."""
         candidates = self.list_datasets()

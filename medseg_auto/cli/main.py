@@ -12,6 +12,7 @@ from medseg_auto import __version__
 from medseg_auto.cli.aliases import StrictArgumentParser, add_aliases
 from medseg_auto.cli.common import HelpFormatter
 from medseg_auto.errors import MedsegError
+from medseg_auto.utils.disk import describe_os_error
 
 COMMAND_MODULES = (
     "medseg_auto.cli.import_msd_command",
@@ -60,6 +61,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except MedsegError as error:
         print(f"medseg-auto {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # full disk, read-only or missing folder: the machine's state, not a bug
+        if getattr(args, "verbose", False):
+            raise
+        print(f"medseg-auto {args.command}: error: {describe_os_error(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"medseg-auto {args.command}: interrupted; completed work is kept, rerun to resume", file=sys.stderr)

@@ -88,6 +88,13 @@ def run(args: argparse.Namespace) -> int:
     from medseg_auto.inference.postprocessing import PostprocessingPlan
     from medseg_auto.inference.predict import PredictionOptions, default_autocast, predict_folder, resolve_device
 
+    from medseg_auto.cli.option_checks import check_prediction_options
+    from medseg_auto.inference.output_guard import check_prediction_folders
+    from medseg_auto.utils.devices import check_device_available
+
+    check_prediction_options(args)
+    check_device_available(args.device)  # before the log: a refused run leaves no logs/ behind
+    check_prediction_folders(args.input, args.output)
     home = resolve_home(args)
     log_file = start_log(args.output, "predict", args)
     source = resolve_models(args, home)

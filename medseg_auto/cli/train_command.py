@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         plans_name=args.plans, network=args.network, trainer_options=options,
         settings={name: value for name, value in named.items() if value is not None},  # unnamed: the trainer's
         continue_training=args.continue_training, pretrained=args.pretrained, device=args.device, seed=args.seed,
-        val_best=args.val_best, save_probabilities=args.npz,
+        val_best=args.val_best, save_probabilities=args.npz, show_progress=not args.no_progress,
     ))
     log.info("results: %s", folder)
     return 0

@@ -21,7 +21,8 @@ DESCRIPTION = """\
 Check every case of a raw dataset: files readable, channel count, image/label shape and
 geometry (spacing, origin, direction), label values declared in dataset.json, no NaN/inf,
 numTraining, labels present. All problems are listed (not just the first) and written to
-verify_report.json in the dataset folder. Empty masks are warnings. Exit code 2 on errors.
+verify_report.json in preprocessed/DatasetNNN_NAME/ of the data home (the raw dataset is only
+read, so a read-only raw tree works). Empty masks are warnings. Exit code 2 on errors.
 
 examples:
   medseg-auto verify Hippocampus
@@ -42,7 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     home = resolve_home(args)
     folder = home.raw_dataset(args.name)
-    start_log(home.output_folder_for_raw(args.name), "verify", args)
+    # The raw dataset is only read (it may be a read-only nnU-Net raw tree): log and report go
+    # to the dataset's folder in preprocessed/, where the data home keeps what it derives.
+    output = home.preprocessed_dataset(args.name)
+    start_log(output, "verify", args)
     logger = logging.getLogger("medseg_auto.verify")
     try:
         spec = DatasetSpec.load(folder)
@@ -59,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         shown = ", ".join(str(n) for n in names[:WARNING_CASES_SHOWN])
         more = f" and {len(names) - WARNING_CASES_SHOWN} more" if len(names) > WARNING_CASES_SHOWN else ""
         logger.warning("warning: %d x %s: %s%s", len(grouped), message, shown, more)
-    report = home.output_folder_for_raw(args.name) / REPORT_NAME
+    report = output / REPORT_NAME
     write_json_atomic(report, {
         "dataset": folder.name, "num_cases": num_cases, "errors": len(errors), "warnings": len(warnings),
         "problems": [p.to_json() for p in problems],

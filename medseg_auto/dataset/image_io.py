@@ -21,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from medseg_auto.dataset.image_integrity import check_image_integrity, check_written_image
 from medseg_auto.errors import GeometryMismatchError, ImageReadError
 
 NATURAL_IMAGE_ENDINGS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -81,19 +82,25 @@ def is_supported(path: str | os.PathLike) -> bool:
     return file_ending_of(path) in SUPPORTED_ENDINGS
 
 
-def read_image_file(path: str | os.PathLike) -> tuple[np.ndarray, ImageGeometry]:
+def read_image_file(path: str | os.PathLike, palette_indices: bool = False) -> tuple[np.ndarray, ImageGeometry]:
     """Read one file as ``(C, Z, Y, X)`` (C > 1 for RGB or vector images) and its geometry.
 
-    Raises :class:`ImageReadError` naming the file when it is missing, unreadable or of an
-    unsupported format.
+    Raises :class:`ImageReadError` naming the file when it is missing, unreadable, truncated or
+    corrupt (:mod:`.image_integrity`; SimpleITK would zero-fill a cut NIfTI), or of an
+    unsupported format. A palette PNG gives its colours (grey when every palette entry is grey),
+    or with ``palette_indices`` (label masks) its indices.
     """
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: file not found")
     ending = file_ending_of(path)
     if ending in NATURAL_IMAGE_ENDINGS:
-        return _read_natural(path, ending)
+        return _read_natural(path, ending, palette_indices)
     if ending in SITK_ENDINGS:
+        try:
+            check_image_integrity(path)
+        except OSError as error:
+            raise ImageReadError(f"{path}: cannot read file ({error.strerror or error})") from error
         return _read_sitk(path, ending)
     raise ImageReadError(
         f"{path}: unsupported file type '{ending}'. Supported: {', '.join(SUPPORTED_ENDINGS)}"
@@ -126,7 +133,7 @@ def read_case_images(paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, Im
 
 def read_segmentation(path: str | os.PathLike) -> tuple[np.ndarray, ImageGeometry]:
     """Read a label map as ``(Z, Y, X)`` int16 (after checking the values are whole numbers)."""
-    array, geometry = read_image_file(path)
+    array, geometry = read_image_file(path, palette_indices=True)
     if array.shape[0] != 1:
         raise ImageReadError(
             f"{path}: a label map must have one channel, found {array.shape[0]} "
@@ -160,7 +167,9 @@ def check_same_geometry(first: ImageGeometry, second: ImageGeometry, first_name:
 def write_segmentation(segmentation: np.ndarray, geometry: ImageGeometry, path: str | os.PathLike) -> None:
     """Write a ``(Z, Y, X)`` label map with ``geometry`` to ``path`` (format from its ending).
 
-    The caller handles atomicity (write to a temporary name with the same ending, then rename).
+    The caller handles atomicity (write to a temporary name with the same ending, then rename);
+    the file is read back first (:func:`check_written_image`), so a full disk raises here instead
+    of publishing an empty file.
     """
     path = Path(path)
     ending = file_ending_of(path)
@@ -173,6 +182,7 @@ def write_segmentation(segmentation: np.ndarray, geometry: ImageGeometry, path: 
         if labels.shape[0] != 1:
             raise ImageReadError(f"{path}: cannot write a {labels.shape[0]}-slice volume as a 2D image")
         Image.fromarray(labels[0]).save(path, format=_pillow_format(ending))
+        check_written_image(path)
         return
     import SimpleITK as sitk
 
@@ -184,6 +194,7 @@ def write_segmentation(segmentation: np.ndarray, geometry: ImageGeometry, path: 
     spacing_xyz = tuple(float(v) for v in reversed(geometry.spacing))
     image.SetSpacing(spacing_xyz[:2] if geometry.dimension == 2 else spacing_xyz)
     sitk.WriteImage(image, str(path), useCompression=True)
+    check_written_image(path)
 
 
 def write_image(image: np.ndarray, geometry: ImageGeometry, path: str | os.PathLike) -> None:
@@ -194,6 +205,7 @@ def write_image(image: np.ndarray, geometry: ImageGeometry, path: str | os.PathL
         from PIL import Image
 
         Image.fromarray(np.asarray(image[0])).save(path, format=_pillow_format(ending))
+        check_written_image(path)
         return
     import SimpleITK as sitk
 
@@ -205,23 +217,26 @@ def write_image(image: np.ndarray, geometry: ImageGeometry, path: str | os.PathL
     spacing_xyz = tuple(float(v) for v in reversed(geometry.spacing))
     sitk_image.SetSpacing(spacing_xyz[:2] if geometry.dimension == 2 else spacing_xyz)
     sitk.WriteImage(sitk_image, str(path), useCompression=True)
+    check_written_image(path)
 
 
 def _pillow_format(ending: str) -> str:
     return {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}[ending]
 
 
-def _read_natural(path: Path, ending: str) -> tuple[np.ndarray, ImageGeometry]:
+def _read_natural(path: Path, ending: str, palette_indices: bool = False) -> tuple[np.ndarray, ImageGeometry]:
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as opened:
             if getattr(opened, "n_frames", 1) > 1:
                 raise ImageReadError(f"{path}: multi-page images are not supported; save one page per file")
-            # Alpha carries no image content; palette ('P') images keep their indices, which is
-            # what label masks saved with a palette need.
+            # Alpha carries no image content. Palette ('P') masks keep their indices (the label
+            # values); palette images become what they show: their indices are arbitrary numbers.
             conversions = {"RGBA": "RGB", "LA": "L", "CMYK": "RGB", "YCbCr": "RGB"}
-            if opened.mode in conversions:
+            if opened.mode in ("P", "PA") and not palette_indices:
+                opened = opened.convert(_palette_target_mode(opened))
+            elif opened.mode in conversions:
                 opened = opened.convert(conversions[opened.mode])
             array = np.asarray(opened)
     except ImageReadError:
@@ -239,6 +254,13 @@ def _read_natural(path: Path, ending: str) -> tuple[np.ndarray, ImageGeometry]:
         dimension=2, file_ending=ending,
     )
     return array, geometry
+
+
+def _palette_target_mode(opened) -> str:
+    """``L`` when every palette colour used is grey (r == g == b), else ``RGB``."""
+    palette = np.asarray(opened.convert("RGB"))
+    grey = np.array_equal(palette[..., 0], palette[..., 1]) and np.array_equal(palette[..., 0], palette[..., 2])
+    return "L" if grey else "RGB"
 
 
 def _read_sitk(path: Path, ending: str) -> tuple[np.ndarray, ImageGeometry]:

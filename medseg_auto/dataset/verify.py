@@ -138,7 +138,7 @@ def raise_if_problems(problems: list[Problem]) -> None:
         return
     lines = [str(problem) for problem in errors[:LISTED_IN_ERROR]]
     if len(errors) > LISTED_IN_ERROR:
-        lines.append(f"... and {len(errors) - LISTED_IN_ERROR} more (see verify_report.json)")
+        lines.append(f"... and {len(errors) - LISTED_IN_ERROR} more (medseg-auto verify lists them all)")
     raise DatasetError(f"{len(errors)} problem(s) in the dataset:\n  " + "\n  ".join(lines))
 
 

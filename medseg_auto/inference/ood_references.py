@@ -180,6 +180,7 @@ def make_scorer(models: Sequence[LoadedModel], experiment_folder: Path, preproce
         references.append(load_or_create_reference(model.network, experiment_folder / model.name, model.config,
                                                    preprocessed_dataset_folder, device, use_autocast))
     if all(reference is None for reference in references):
-        log.warning("no OOD reference could be made for %s; predicting without OOD scores", experiment_folder)
+        # info, not a second warning: each fold already warned why it has no reference
+        log.debug("no OOD reference for %s; predicting without OOD scores", experiment_folder)
         return None
     return OodScorer(references, [model.name for model in models], percentile)

@@ -28,11 +28,17 @@ from medseg_auto.inference.export import export_prediction, logits_to_probabilit
 from medseg_auto.inference.feature_statistics import views_per_window
 from medseg_auto.inference.model_loading import LoadedModel
 from medseg_auto.dataset.inputs import find_input_cases
+from medseg_auto.inference.input_checks import check_case_dimension
+from medseg_auto.inference.output_guard import (
+    CaseLedger, ledger_released, refuse_writing_over_inputs, remove_stale_temporaries,
+)
 from medseg_auto.inference.sliding_window import predict_logits
 from medseg_auto.paths import safe_child
 from medseg_auto.planning.plans import ConfigurationPlan, Plans
 from medseg_auto.preprocessing.case_pipeline import preprocess_case
 from medseg_auto.utils.cpu_features import cpu_has_native_bf16
+from medseg_auto.utils.devices import check_device_available
+from medseg_auto.utils.disk import is_disk_full
 from medseg_auto.utils.logging_setup import get_logger
 
 if TYPE_CHECKING:
@@ -79,6 +85,7 @@ class CaseScorer(FeatureWatcher, Protocol):
 
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; enables cudnn benchmark on CUDA."""
+    check_device_available(device)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     chosen = torch.device(device)
@@ -146,21 +153,32 @@ def predict_folder(
         model.network.to(device).eval()
     cases = find_input_cases(input_path, plans.num_input_channels)
     output_folder.mkdir(parents=True, exist_ok=True)
+    targets = {case_id: safe_child(output_folder, f"{case_id}{file_ending or _ending_of(files[0])}")
+               for case_id, files in cases.items()}
+    refuse_writing_over_inputs([f for files in cases.values() for f in files], targets.values())
+    remove_stale_temporaries(output_folder)
+    ledger = CaseLedger(output_folder)
     report = PredictionReport()
     todo = {}
     for case_id, files in cases.items():
-        ending = file_ending or _ending_of(files[0])
-        target = safe_child(output_folder, f"{case_id}{ending}")
-        if target.exists() and not options.overwrite:
+        if not options.overwrite and ledger.is_done(case_id, targets[case_id]):
             report.skipped_existing.append(case_id)
         else:
-            todo[case_id] = (files, target)
+            todo[case_id] = (files, targets[case_id])
     if report.skipped_existing:
         log.info("%d case(s) already predicted in %s (pass --overwrite to redo)", len(report.skipped_existing), output_folder)
     progress = tqdm(total=len(todo), desc="predict", unit="case", disable=not options.show_progress)
     pending: list[tuple[str, Future]] = []
-    with ThreadPoolExecutor(max_workers=1) as reader, ProcessPoolExecutor(max_workers=max(1, options.export_workers)) as exporter:
+    with ledger_released(ledger), ThreadPoolExecutor(max_workers=1) as reader, \
+            ProcessPoolExecutor(max_workers=max(1, options.export_workers)) as exporter:
         for case_id, loaded, started in _prefetch(reader, todo, plans, config):
+            # Claimed only now (few locks held at once); another process may have taken or finished it.
+            if not ledger.claim(case_id) or (not options.overwrite and ledger.is_done(case_id, todo[case_id][1])):
+                ledger.release(case_id)
+                log.info("case %s: being predicted by another process into %s; left to it", case_id, output_folder)
+                report.skipped_existing.append(case_id)
+                progress.update()
+                continue
             try:
                 if isinstance(loaded, Exception):
                     raise loaded
@@ -173,11 +191,14 @@ def predict_folder(
                 pending.append((case_id, future))
                 report.seconds_per_case[case_id] = time.perf_counter() - started
             except (MedsegError, RuntimeError, ValueError, OSError) as error:
+                if is_disk_full(error):
+                    raise  # every later case would fail the same way: one clear error instead
+                ledger.release(case_id)
                 report.failed[case_id] = str(error)
                 log.error("case %s failed: %s", case_id, error)
-            pending = _collect(pending, report, max_pending=2 * max(1, options.export_workers))
+            pending = _collect(pending, report, max_pending=2 * max(1, options.export_workers), ledger=ledger, todo=todo)
             progress.update()
-        _collect(pending, report, max_pending=0)
+        _collect(pending, report, max_pending=0, ledger=ledger, todo=todo)
     progress.close()
     return report
 
@@ -228,6 +249,7 @@ def _read_and_preprocess(item, plans: Plans, config: ConfigurationPlan):
     case_id, (files, _) = item
     try:
         data, geometry = load_case_images(files, plans.num_input_channels, case_id)
+        check_case_dimension(case_id, files[0], geometry.dimension, config)
         data, _, properties = preprocess_case(data, None, geometry, plans, config, case_id, sample_locations=False)
         properties.geometry["file_ending"] = _ending_of(files[0])
         return data, properties
@@ -244,28 +266,37 @@ def _export_job(probabilities, properties, plans_json, configuration, target, sa
     return segmentation.shape
 
 
-def _collect(pending: list[tuple[str, Future]], report: PredictionReport, max_pending: int) -> list[tuple[str, Future]]:
+def _collect(pending: list[tuple[str, Future]], report: PredictionReport, max_pending: int,
+             ledger: CaseLedger | None = None, todo: dict | None = None) -> list[tuple[str, Future]]:
     """Record finished exports; wait for the oldest while more than ``max_pending`` are queued
     (bounds the memory held by probabilities waiting for export)."""
     remaining = []
     for case_id, future in pending:
         if future.done():
-            _record_export(case_id, future, report)
+            _record_export(case_id, future, report, ledger, todo)
         else:
             remaining.append((case_id, future))
     while len(remaining) > max_pending:
         case_id, future = remaining.pop(0)
-        _record_export(case_id, future, report)
+        _record_export(case_id, future, report, ledger, todo)
     return remaining
 
 
-def _record_export(case_id: str, future: Future, report: PredictionReport) -> None:
+def _record_export(case_id: str, future: Future, report: PredictionReport, ledger: CaseLedger | None = None,
+                   todo: dict | None = None) -> None:
     try:
         future.result()
+        if ledger is not None and todo is not None:
+            ledger.mark_done(case_id, todo[case_id][1])
         report.predicted.append(case_id)
     except Exception as error:
+        if is_disk_full(error):
+            raise
         report.failed[case_id] = f"export failed: {error}"
         log.error("case %s: export failed: %s", case_id, error)
+    finally:
+        if ledger is not None:
+            ledger.release(case_id)
 
 
 def _record_ood(case_id: str, score: dict[str, Any] | None, report: PredictionReport) -> None:

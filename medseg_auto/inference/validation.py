@@ -102,4 +102,5 @@ def predict_validation_cases(request) -> dict:
         request.network, plans, config, cache, list(request.case_ids), spec, Path(request.output_folder),
         request.mirror_axes, request.device, save_probabilities=request.save_probabilities,
         ood_reference_file=Path(request.fold_folder) / OOD_REFERENCE_FILE,
+        show_progress=getattr(request, "show_progress", True),
     )

@@ -118,12 +118,20 @@ class Plans:
 
     @classmethod
     def load(cls, path: str | Path) -> "Plans":
-        """Read a plans file; a missing or malformed file raises :class:`PlansError` naming it."""
+        """Read a plans file; a missing, malformed or invalid file (:mod:`.plans_validation`)
+        raises :class:`PlansError` naming it and the field."""
         path = Path(path)
         if not path.is_file():
             raise PlansError(f"{path}: plans file not found; run 'medseg-auto plan_and_preprocess' first")
         try:
-            return cls.from_json(read_json(path))
+            payload = read_json(path)
+        except ValueError as error:
+            raise PlansError(f"{path}: not valid JSON ({error})") from error
+        from medseg_auto.planning.plans_validation import validate_plans
+
+        validate_plans(payload, path)
+        try:
+            return cls.from_json(payload)
         except (KeyError, TypeError, ValueError) as error:
             raise PlansError(f"{path}: malformed plans file ({error!r})") from error
 

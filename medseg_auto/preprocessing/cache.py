@@ -20,7 +20,11 @@ import numpy as np
 from medseg_auto.dataset.image_io import ImageGeometry
 from medseg_auto.errors import DatasetError
 from medseg_auto.paths import check_safe_name
+from medseg_auto.preprocessing.cache_integrity import RECORD_KEY, damaged_files, file_record
 from medseg_auto.utils.atomic import read_json, remove_stale_temporaries, save_npy_atomic, write_json_atomic
+from medseg_auto.utils.logging_setup import get_logger
+
+log = get_logger("preprocessing.cache")
 
 
 @dataclass
@@ -90,7 +94,27 @@ class PreprocessedCache:
         self.properties_path(case_id).unlink(missing_ok=True)
         save_npy_atomic(self.data_path(case_id), data.astype(np.float32, copy=False))
         save_npy_atomic(self.seg_path(case_id), seg.astype(np.int16, copy=False))
-        write_json_atomic(self.properties_path(case_id), properties.to_json(), compact=True)
+        payload = properties.to_json()
+        payload[RECORD_KEY] = {path.name: file_record(path) for path in (self.data_path(case_id), self.seg_path(case_id))}
+        write_json_atomic(self.properties_path(case_id), payload, compact=True)
+
+    def is_intact(self, case_id: str) -> bool:
+        """Complete, and its arrays still match the sizes and checksums recorded when it was
+        written (:mod:`.cache_integrity`); a damaged case is logged and counts as missing."""
+        if not self.is_complete(case_id):
+            return False
+        try:
+            records = read_json(self.properties_path(case_id)).get(RECORD_KEY)
+        except (OSError, ValueError, AttributeError):
+            records, damaged = None, [self.properties_path(case_id).name]
+        else:
+            damaged = damaged_files(self.folder, records, [self.data_path(case_id), self.seg_path(case_id)])
+        if damaged:
+            log.warning("%s: cached case '%s' is damaged (%s); preprocessing it again", self.folder, case_id,
+                        ", ".join(damaged))
+            self.properties_path(case_id).unlink(missing_ok=True)
+            return False
+        return True
 
     def load_case(self, case_id: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray, CaseProperties]:
         """Return ``(data (C,Z,Y,X) float32, seg (1,Z,Y,X) int16, properties)``.

@@ -85,7 +85,7 @@ def preprocess_configurations(
     plans_json = plans.to_json()
     arguments = []
     for case in cases:
-        missing = [name for name, cache in caches.items() if not cache.is_complete(case.case_id)]
+        missing = [name for name, cache in caches.items() if not cache.is_intact(case.case_id)]
         if missing:
             arguments.append((case, spec, plans_json, {name: str(caches[name].folder) for name in missing}))
     if len(arguments) < len(cases):

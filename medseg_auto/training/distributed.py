@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from medseg_auto.utils.devices import check_device_available
 from medseg_auto.utils.logging_setup import get_logger
 
 log = get_logger("training.distributed")
@@ -62,9 +63,8 @@ def resolve_device(requested: str, context: DistributedContext) -> torch.device:
     """``auto``: CUDA if available, else CPU. Under DDP each process takes GPU ``LOCAL_RANK``."""
     if requested not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {requested!r}")
+    check_device_available(requested)
     use_cuda = torch.cuda.is_available() if requested == "auto" else requested == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was requested but torch sees no CUDA device")
     if not use_cuda:
         return torch.device("cpu")
     index = context.local_rank if context.enabled else 0

@@ -53,6 +53,7 @@ class FinalValidationRequest:
     mirror_axes: list[int] | None
     save_probabilities: bool = False
     checkpoint_name: str = "checkpoint_final.pt"
+    show_progress: bool = True
 
 
 def run_final_validation(request: FinalValidationRequest) -> dict[str, Any]:

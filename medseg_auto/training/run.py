@@ -18,6 +18,7 @@ fills one :class:`TrainRequest`; :func:`train_fold` then runs a few named steps:
 from __future__ import annotations
 
 import contextlib
+import re
 import secrets
 import shutil
 from dataclasses import dataclass, field, fields
@@ -31,7 +32,7 @@ from medseg_auto.errors import DatasetError, MedsegError
 from medseg_auto.paths import DataHome, check_safe_name
 from medseg_auto.planning.plans import PLANS_FILE_NAME, Plans
 from medseg_auto.preprocessing.cache import PreprocessedCache
-from medseg_auto.training.checkpoint import BEST, FINAL, LATEST, find_resume_checkpoint, load_checkpoint, load_pretrained_weights
+from medseg_auto.training.checkpoint import BEST, FINAL, find_resume_checkpoint, load_checkpoint, load_pretrained_weights
 from medseg_auto.training.data.splits import SPLIT_FILE, fold_cases, load_or_create_splits
 from medseg_auto.training.distributed import (
     DistributedContext, barrier, configure_threads, rank_batch_size, context_from_environment, destroy_process_group, init_process_group,
@@ -39,8 +40,9 @@ from medseg_auto.training.distributed import (
 )
 from medseg_auto.training.final_validation import VALIDATION_FOLDER, FinalValidationRequest, run_final_validation
 from medseg_auto.training.hooks import DomainMethod, TrainingSettings
-from medseg_auto.training.progress import PROGRESS_CSV, PROGRESS_PNG, TRAINING_LOG, training_log_file
+from medseg_auto.training.progress import TRAINING_LOG, training_log_file
 from medseg_auto.training.registry import TrainerSpec, get_trainer
+from medseg_auto.training.run_checks import PREVIOUS_RUN_FOLDER, check_settings, has_earlier_run, set_aside_earlier_run  # noqa: F401
 from medseg_auto.training.network_registry import DEFAULT_NETWORK, available_networks
 from medseg_auto.training.trainer import Trainer, TrainingJob
 from medseg_auto.utils.atomic import read_json, write_json_atomic
@@ -48,7 +50,6 @@ from medseg_auto.utils.logging_setup import get_logger
 
 COPIED_FILES = ("dataset.json", "dataset_fingerprint.json")
 log = get_logger("training.run")
-PREVIOUS_RUN_FOLDER = "previous_run"
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,8 @@ class TrainRequest:
     ``final_validation=False`` skips predicting the validation cases after training (the
     benchmarks time training only). ``trainer_class`` is the loop to run, a subclass of
     :class:`Trainer` for instrumentation (the benchmarks' timers); methods plug in through
-    ``trainer_name``, not here.
+    ``trainer_name``, not here. ``show_progress=False`` (``--no-progress``) hides the final
+    validation's progress bar.
     """
 
     home: DataHome | str | Path | None
@@ -91,6 +93,7 @@ class TrainRequest:
     final_validation: bool = True
     val_best: bool = False
     save_probabilities: bool = False
+    show_progress: bool = True
     trainer_class: type[Trainer] = Trainer
 
 
@@ -142,11 +145,10 @@ def train_fold(request: TrainRequest) -> Path:
         seed = int(resumed.get("seed", seed))
         if context.is_main:
             output.mkdir(parents=True, exist_ok=True)
+            _prepare_output(request, data, output)
             _copy_dataset_files(data.preprocessed, request.plans_name, experiment)
         log_context = training_log_file(output / TRAINING_LOG) if context.is_main else contextlib.nullcontext()  # other ranks write no files
         with log_context:
-            if context.is_main:
-                _prepare_output(request, data, output)
             trainer = _build_trainer(request, spec, methods, data, output, seed, device, context, resumed)
             _log_start(trainer, spec.description, threads, len(data.train_ids), len(data.val_ids))
             _restore(trainer, output, request)
@@ -173,6 +175,7 @@ def _check_request(request: TrainRequest) -> tuple[TrainerSpec, list[DomainMetho
     unknown = sorted(set(request.settings) - known)
     if unknown:
         raise MedsegError(f"unknown training setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    check_settings(request.settings, with_pretrained=request.pretrained is not None)
     if request.pretrained is not None and not Path(request.pretrained).is_file():
         raise MedsegError(f"--pretrained {request.pretrained}: no such checkpoint file")
     return spec, spec.create_methods(dict(request.trainer_options))
@@ -202,12 +205,12 @@ def locate_fold(request: TrainRequest) -> FoldData:
 
 
 def _prepare_output(request: TrainRequest, data: FoldData, output: Path) -> None:
-    """Rank 0, before the trainer exists: set an earlier run aside on a fresh start (its split
-    included, so it goes before the new split is written), then record an explicit split."""
-    if not request.continue_training and find_resume_checkpoint(output) is not None:
-        moved = set_aside_earlier_run(output)
-        log.warning("%s held checkpoints of an earlier run; moved to %s (use --continue to resume instead)",
-                    output, moved)
+    """Rank 0, before the trainer and its log exist: set a whole earlier run aside on a fresh
+    start (its log, validation and split included, so it goes before the new split is written
+    and before the new log opens), then record an explicit split."""
+    if not request.continue_training and has_earlier_run(output):
+        log.warning("%s held an earlier run; moved to %s (use --continue to resume instead)",
+                    output, set_aside_earlier_run(output))
     if request.split is not None:
         _record_split(output / SPLIT_FILE, data.train_ids, data.val_ids, request.continue_training)
 
@@ -308,20 +311,6 @@ def _restore(trainer: Trainer, output: Path, request: TrainRequest) -> None:
         load_pretrained_weights(trainer.network, request.pretrained)
 
 
-def set_aside_earlier_run(output: Path) -> Path:
-    """Move an earlier run's checkpoints, curves and split into ``output/previous_run/`` before a
-    fresh start. Left in place, a stale ``checkpoint_final.pt`` would be what a later ``--continue``
-    of the *new* run resumes from (it was: a fresh run killed after 4 epochs resumed the old
-    30-epoch run's final checkpoint). Only the latest earlier run is kept."""
-    previous = output / PREVIOUS_RUN_FOLDER
-    if previous.exists():
-        shutil.rmtree(previous)
-    previous.mkdir()
-    for name in (FINAL, LATEST, BEST, PROGRESS_CSV, PROGRESS_PNG, SPLIT_FILE):  # the log is open and appended to
-        if (output / name).exists():
-            (output / name).replace(previous / name)
-    return previous
-
 
 def _final_validation(trainer: Trainer, data: FoldData, request: TrainRequest) -> None:
     """Predict and score the validation cases with the final (or, ``val_best``, the best) weights."""
@@ -336,7 +325,7 @@ def _final_validation(trainer: Trainer, data: FoldData, request: TrainRequest) -
         case_ids=list(trainer.job.val_case_ids), preprocessed_dataset_folder=data.preprocessed,
         raw_dataset_folder=raw if raw.is_dir() else None, device=trainer.device,
         mirror_axes=trainer.mirror_axes, save_probabilities=request.save_probabilities,
-        checkpoint_name=checkpoint_name,
+        checkpoint_name=checkpoint_name, show_progress=request.show_progress,
     ))
 
 
@@ -344,7 +333,11 @@ def _log_start(trainer: Trainer, description: str, threads: int, n_train: int, n
     job, settings = trainer.job, trainer.settings
     precision = "fp16 autocast + GradScaler" if trainer.device.type == "cuda" else (
         "bf16 autocast" if trainer.cpu_bf16 else "fp32")
-    log.info("trainer %s: %s", job.trainer_name, description)
+    schedule = f"{settings.num_epochs} x {settings.iterations_per_epoch} iterations"
+    # The description states the trainer's default schedule; the log states this run's.
+    log.info("trainer %s: %s", job.trainer_name, re.sub(r"\d+ x \d+ iterations", schedule, description))
+    log.info("this run: %d epochs x %d iterations, %d validation batches per epoch", settings.num_epochs,
+             settings.iterations_per_epoch, settings.validation_iterations)
     log.info("dataset %s, configuration %s, fold %s, seed %d", job.init_args.get("dataset"),
              job.configuration_name, job.init_args.get("fold"), job.seed)
     log.info("%d training cases, %d validation cases", n_train, n_val)

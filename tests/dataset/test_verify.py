@@ -137,10 +137,12 @@ def test_all_problems_collected_and_raised_together(spec):
 def test_verify_command_writes_report_and_exits_2_on_errors(spec, capsys):
     home = str(spec.folder.parents[1])
     assert main(["verify", "Syn", "--home", home, "-np", "1", "--no-progress"]) == 0
-    report = json.loads((spec.folder / "verify_report.json").read_text())
+    derived = spec.folder.parents[1] / "preprocessed" / spec.folder.name  # never written into the raw dataset
+    report = json.loads((derived / "verify_report.json").read_text())
     assert report["errors"] == 0 and report["num_cases"] == 4
     _label(spec).unlink()
     assert main(["verify", "Syn", "--home", home, "-np", "1", "--no-progress"]) == 2
-    report = json.loads((spec.folder / "verify_report.json").read_text())
+    report = json.loads((derived / "verify_report.json").read_text())
     assert report["errors"] == 1 and report["problems"][0]["file"] == str(_label(spec))
-    assert list((spec.folder / "logs").glob("verify_*.txt"))
+    assert list((derived / "logs").glob("verify_*.txt"))
+    assert not (spec.folder / "logs").exists() and not (spec.folder / "verify_report.json").exists()

@@ -191,7 +191,7 @@ def _convert_case(
         colour = image.shape[0] > 1 and not all(np.array_equal(image[0], image[c]) for c in range(1, image.shape[0]))
         image_file, label_file = _case_files(folder, case_id)
         _write_png_image(_as_rgb(image) if (colour or force_rgb) else image[:1], geometry, image_file)
-        mask, _ = read_image_file(mask_path)
+        mask, _ = read_image_file(mask_path, palette_indices=True)
         resized = mask.shape[-2:] != image.shape[-2:]
         if resized:
             if not resize_masks:

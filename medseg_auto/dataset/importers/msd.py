@@ -28,8 +28,9 @@ from typing import Sequence
 import numpy as np
 
 from medseg_auto.dataset.dataset_json import DatasetSpec, write_dataset_json
+from medseg_auto.dataset.image_integrity import check_image_integrity, check_written_image
 from medseg_auto.dataset.image_io import SITK_ENDINGS, file_ending_of, read_segmentation
-from medseg_auto.dataset.importers.naming import case_id_from_stem, file_stem, list_some
+from medseg_auto.dataset.importers.naming import check_encodable_names, file_stem, list_some, unique_case_ids
 from medseg_auto.dataset.importers.output import clear_case_folders, copy_file_atomic, prepare_dataset_folder
 from medseg_auto.errors import DatasetError, ImageReadError, MedsegError
 from medseg_auto.paths import DataHome
@@ -147,6 +148,7 @@ def _list_volumes(folder: Path) -> dict[str, Path]:
         entry for entry in folder.iterdir()
         if entry.is_file() and not entry.name.startswith(".") and file_ending_of(entry) in SITK_ENDINGS
     )  # hidden files skipped: MSD archives carry macOS '._x.nii.gz' resource forks
+    check_encodable_names(files)
     return {file_stem(path): path for path in files}
 
 
@@ -158,7 +160,7 @@ def _pair_volumes(layout: VolumeLayout) -> dict[str, tuple[Path, Path]]:
         logger.warning("skipping %d image(s) without a label: %s", len(lonely_images), list_some(lonely_images, 20))
     if lonely_labels:
         logger.warning("skipping %d label(s) without an image: %s", len(lonely_labels), list_some(lonely_labels, 20))
-    pairs = {case_id_from_stem(stem, images[stem]): (images[stem], labels[stem]) for stem in sorted(set(images) & set(labels))}
+    pairs = unique_case_ids({stem: (images[stem], labels[stem]) for stem in sorted(set(images) & set(labels))})
     if not pairs:
         raise DatasetError(
             f"{layout.images_dir}: no image has a label of the same file name in {layout.labels_dir} "
@@ -172,6 +174,8 @@ def _import_case(
 ) -> ImportedVolume:
     """Worker: write one case's channel files and label; errors are returned so all can be listed."""
     try:
+        check_image_integrity(image)  # .nii.gz files are copied byte for byte, never decoded here
+        check_image_integrity(label)
         num_channels = _write_channels(image, folder / "imagesTr", case_id)
         if expected_channels is not None and num_channels != expected_channels:
             raise DatasetError(
@@ -203,6 +207,7 @@ def _write_channels(image: Path, images_folder: Path, case_id: str) -> int:
         channel_image = sitk.Extract(volume, size[:3] + [0], [0, 0, 0, channel])
         with atomic_path(images_folder / f"{case_id}_{channel:04d}{FILE_ENDING}", suffix=FILE_ENDING) as temporary:
             sitk.WriteImage(channel_image, str(temporary), useCompression=True)
+            check_written_image(temporary)  # SimpleITK does not raise on a full disk
     return size[3]
 
 
@@ -214,6 +219,7 @@ def _copy_or_convert(source: Path, destination: Path) -> None:
 
     with atomic_path(destination, suffix=FILE_ENDING) as temporary:
         sitk.WriteImage(_sitk_read(source), str(temporary), useCompression=True)
+        check_written_image(temporary)
 
 
 def _dimension(path: Path) -> int:
