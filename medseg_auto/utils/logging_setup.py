@@ -9,6 +9,24 @@ from pathlib import Path
 LOGGER_NAME = "medseg_auto"
 
 
+class CurrentStreamHandler(logging.StreamHandler):
+    """A console handler that writes to whatever ``sys.stderr``/``sys.stdout`` is when a record
+    arrives, not the stream of the moment it was made: a notebook, pytest's capture or a caller
+    that redirects the console would otherwise leave it writing to a closed stream."""
+
+    def __init__(self, stream_name: str = "stderr") -> None:
+        self._stream_name = stream_name
+        super().__init__()
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return getattr(sys, self._stream_name)
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns one; the live one wins
+        pass
+
+
 def get_logger(name: str | None = None) -> logging.Logger:
     """A child of the package logger (``medseg_auto.<name>``)."""
     return logging.getLogger(LOGGER_NAME if not name else f"{LOGGER_NAME}.{name}")
@@ -26,7 +44,7 @@ def configure_logging(log_file: Path | None = None, verbose: bool = False) -> Pa
         handler.close()
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
-    console = logging.StreamHandler(sys.stderr)
+    console = CurrentStreamHandler("stderr")
     console.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(console)
     if log_file is not None:
@@ -50,7 +68,7 @@ def ensure_console_logging(level: int = logging.INFO) -> bool:
                       for h in logger.handlers)
     if has_console or (logger.propagate and logging.getLogger().handlers):
         return False
-    console = logging.StreamHandler(sys.stdout)
+    console = CurrentStreamHandler("stdout")
     console.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(console)
     if logger.level == logging.NOTSET or logger.level > level:

@@ -46,4 +46,4 @@ def test_fresh_run_sets_the_whole_earlier_run_aside_and_logs_its_real_schedule(t
     new_log = (folder / "training_log.txt").read_text()
     assert "Epoch 1" not in new_log and "Epoch 1" in (previous / "training_log.txt").read_text()
     assert "this run: 1 epochs x 1 iterations" in new_log and "1000 x 250" not in new_log
-    assert "final validation" not in capsys.readouterr().err  # --no-progress hides its bar too
+    assert "case/s]" not in capsys.readouterr().err  # --no-progress hides the final validation's bar too
