@@ -33,6 +33,7 @@ from medseg_auto.training.final_validation import VALIDATION_FOLDER, FinalValida
 from medseg_auto.training.hooks import TrainingSettings
 from medseg_auto.training.progress import PROGRESS_CSV, PROGRESS_PNG, TRAINING_LOG, training_log_file
 from medseg_auto.training.registry import get_trainer
+from medseg_auto.training.sampled_sites import sampled_sites
 from medseg_auto.training.network_registry import DEFAULT_NETWORK, available_networks
 from medseg_auto.training.trainer import Trainer, TrainingJob
 from medseg_auto.utils.atomic import read_json, write_json_atomic
@@ -284,6 +285,7 @@ def _final_validation(trainer: Trainer, home: DataHome, dataset_name: str, prepr
         case_ids=list(trainer.job.val_case_ids), preprocessed_dataset_folder=preprocessed,
         raw_dataset_folder=raw if raw.is_dir() else None, device=trainer.device,
         mirror_axes=trainer.mirror_axes, save_probabilities=save_probabilities, checkpoint_name=checkpoint_name,
+        reference_sites=sampled_sites(trainer.methods, trainer.job.train_case_ids, trainer.job.sites),
     ))
 
 
