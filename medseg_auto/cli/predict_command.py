@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     options = PredictionOptions(
         step_size=args.step, use_mirroring=not args.no_mirroring, save_probabilities=args.save_probabilities,
         overwrite=args.overwrite, device=args.device, export_workers=args.num_processes,
-        show_progress=not args.no_progress, use_autocast=False if args.fp32 else None,
+        show_progress=not args.no_progress, use_autocast=False if args.fp32 else None, uncertainty=not args.no_ood,
     )
     fda = _fda_adapter(args, home, models) if args.fda_source else None
     started = time.perf_counter()
@@ -120,8 +120,8 @@ def run(args: argparse.Namespace) -> int:
         "fda": _fda_summary(args, fda, report) if fda is not None else None,
         "ood": _ood_summary(args, ood, report, fda is not None),
     }
-    if ood is not None:
-        _write_ood_table(args.output / OOD_TABLE, report.ood, [m.name for m in models])
+    if ood is not None or report.uncertainty:
+        _write_ood_table(args.output / OOD_TABLE, report.ood, [m.name for m in models], report.uncertainty)
     write_json_atomic(args.output / "summary.json", summary)
     log.info("%d predicted, %d kept, %d failed in %.1f s -> %s", len(report.predicted), len(report.skipped_existing),
              len(report.failed), elapsed, args.output)
@@ -150,24 +150,40 @@ def _fda_summary(args: argparse.Namespace, fda, report) -> dict:
 
 
 def _ood_summary(args: argparse.Namespace, ood, report, with_fda: bool) -> dict:
+    from medseg_auto.inference.uncertainty import DEFAULT_SIGNAL, DEFAULT_THRESHOLD, case_entries
+
     if args.no_ood:
         return {"skipped": "--no-ood"}
+    cases = case_entries(report.ood, report.uncertainty)
+    failure = {"signal": DEFAULT_SIGNAL, "threshold": DEFAULT_THRESHOLD,
+               "likely_failed": sorted(case for case, entry in cases.items() if entry.get("failure", {}).get("flagged"))}
     if ood is None:
-        return {"skipped": "no OOD reference could be made (see the log)"}
+        return {"skipped": "no OOD reference could be made (see the log)", "failure": failure, "cases": cases,
+                "table": OOD_TABLE}
     return {
         "percentile": ood.percentile, "taps": ood.recorder.taps,
         "thresholds": {name: round(t, 4) for name, t in zip(ood.names, ood.thresholds) if t is not None},
         "scored_images": "the input images" + (
             "; score_fda_adapted: the FDA-adapted images (statistics over all donors)" if with_fda else ""),
         "flagged": sorted(case for case, entry in report.ood.items() if entry["flagged"]),
-        "cases": report.ood, "table": OOD_TABLE,
+        "failure": failure, "cases": cases, "table": OOD_TABLE,
     }
 
 
-def _write_ood_table(path: Path, scores: dict, fold_names: list[str]) -> None:
+def _write_ood_table(path: Path, scores: dict, fold_names: list[str], signals: dict | None = None) -> None:
+    from medseg_auto.inference.uncertainty import DEFAULT_SIGNAL, DEFAULT_THRESHOLD, UNCERTAINTY_SIGNALS
+
+    signals = signals or {}
     with atomic_path(path, suffix=".csv") as temporary, open(temporary, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["case_id", "ood_score", "threshold", "flagged", "ood_score_fda_adapted", *fold_names])
-        for case_id, entry in sorted(scores.items()):
-            writer.writerow([case_id, entry["score"], entry["threshold"], int(entry["flagged"]),
-                             entry.get("score_fda_adapted", ""), *[entry["per_fold"].get(name, "") for name in fold_names]])
+        writer.writerow(["case_id", "ood_score", "threshold", "flagged", "ood_score_fda_adapted", *fold_names,
+                         *UNCERTAINTY_SIGNALS, "failure_score", "failure_flagged"])
+        for case_id in sorted(set(scores) | set(signals)):
+            entry = scores.get(case_id, {})
+            case_signals = signals.get(case_id, {})
+            writer.writerow([case_id, entry.get("score", ""), entry.get("threshold", ""),
+                             int(entry["flagged"]) if "flagged" in entry else "", entry.get("score_fda_adapted", ""),
+                             *[entry.get("per_fold", {}).get(name, "") for name in fold_names],
+                             *[case_signals.get(name, "") for name in UNCERTAINTY_SIGNALS],
+                             case_signals.get(DEFAULT_SIGNAL, ""),
+                             int(case_signals[DEFAULT_SIGNAL] > DEFAULT_THRESHOLD) if DEFAULT_SIGNAL in case_signals else ""])
