@@ -85,7 +85,13 @@ def low_band_amplitude(donor: np.ndarray, beta: float, spatial_axes: int = 2) ->
 def apply_low_band(target: np.ndarray, band: np.ndarray, beta: float, spatial_axes: int = 2,
                    match_moments: bool = False) -> np.ndarray:
     """``target`` with its low-band amplitudes replaced by ``band`` (from :func:`low_band_amplitude`
-    of a donor of the target's shape), its phase kept.
+    of a donor of the target's shape), its phase kept. See :func:`apply_low_bands`."""
+    return apply_low_bands(target, [band], beta, spatial_axes, match_moments)[0]
+
+
+def apply_low_bands(target: np.ndarray, bands: Sequence[np.ndarray], beta: float, spatial_axes: int = 2,
+                    match_moments: bool = False) -> list[np.ndarray]:
+    """One adapted copy of ``target`` per donor band; the target's spectrum is computed once.
 
     ``match_moments``: afterwards give every channel the mean and standard deviation the target
     had (over all its voxels). Our inputs are z-scored, and the swap changes both moments (the
@@ -95,20 +101,25 @@ def apply_low_band(target: np.ndarray, band: np.ndarray, beta: float, spatial_ax
     _check_axes(target, spatial_axes)
     mask = low_frequency_mask(target.shape[-spatial_axes:], beta)
     if not mask.any():
-        return target.copy()
+        return [target.copy() for _ in bands]
     expected = target.shape[: target.ndim - spatial_axes] + (int(mask.sum()),)
-    if band.shape != expected:
-        raise ValueError(f"FDA donor band of shape {band.shape} does not fit a target of shape {target.shape}")
+    for band in bands:
+        if band.shape != expected:
+            raise ValueError(f"FDA donor band of shape {band.shape} does not fit a target of shape {target.shape}")
     from scipy import fft
 
     axes = tuple(range(target.ndim - spatial_axes, target.ndim))
     spectrum = fft.fftshift(fft.fftn(target.astype(np.float64), axes=axes), axes=axes)
-    low = spectrum[..., mask]
-    spectrum[..., mask] = band * np.exp(1j * np.angle(low))
-    adapted = fft.ifftn(fft.ifftshift(spectrum, axes=axes), axes=axes).real
-    if match_moments:
-        adapted = _match_moments(adapted, target.astype(np.float64))
-    return adapted.astype(target.dtype, copy=False)
+    phase = np.exp(1j * np.angle(spectrum[..., mask]))
+    views = []
+    for band in bands:
+        swapped = spectrum.copy()
+        swapped[..., mask] = band * phase
+        adapted = fft.ifftn(fft.ifftshift(swapped, axes=axes), axes=axes).real
+        if match_moments:
+            adapted = _match_moments(adapted, target.astype(np.float64))
+        views.append(adapted.astype(target.dtype, copy=False))
+    return views
 
 
 def _match_moments(adapted: np.ndarray, target: np.ndarray) -> np.ndarray:

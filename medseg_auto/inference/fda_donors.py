@@ -26,7 +26,7 @@ from scipy import fft
 
 from medseg_auto.errors import DatasetError
 from medseg_auto.inference.fda import (
-    DEFAULT_BETA, DEFAULT_DONORS, apply_low_band, check_beta, fit_donor, low_band_amplitude,
+    DEFAULT_BETA, DEFAULT_DONORS, apply_low_bands, check_beta, fit_donor, low_band_amplitude,
 )
 from medseg_auto.planning.plans import ConfigurationPlan, Plans
 from medseg_auto.preprocessing.cache import PreprocessedCache
@@ -122,8 +122,8 @@ class FdaAdapter:
         """``([adapted (C, Z, Y, X) per donor], [donor case ids])`` for a preprocessed case."""
         target = np.asarray(data, dtype=np.float32)
         chosen = self.bank.nearest(target, self.donors)
-        views = [apply_low_band(target, self._band(case_id, target), self.beta, self.spatial_axes, self.match_moments)
-                 for case_id, _ in chosen]
+        bands = [self._band(case_id, target) for case_id, _ in chosen]
+        views = apply_low_bands(target, bands, self.beta, self.spatial_axes, self.match_moments)
         return views, [case_id for case_id, _ in chosen]
 
     def _band(self, case_id: str, target: np.ndarray) -> np.ndarray:
