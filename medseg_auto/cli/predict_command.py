@@ -37,13 +37,28 @@ itself) to those of the fold's cross-validation cases, in summary.json ("ood") a
 ood_scores.csv; cases above the threshold (the 99th percentile of the validation cases' own
 leave-one-out distances, --ood-percentile) are logged as warnings and marked "flagged". The
 reference is fold_F/ood_reference.json, written by the final validation of training, or made
-here once from the training cache when missing. --no-ood skips all of it.
+here once from the training cache when missing, from validation cases of the sites the fold
+trained on only (TrainOnSites). It says whether an image looks unlike the training data, not
+whether its segmentation failed.
+
+Which cases will fail: every case also gets uncertainty signals read from its own prediction at
+almost no cost (inference/uncertainty.py): softmax entropy over the image and over the predicted
+foreground, the soft-Dice deficit (1 - the Dice the model expects of its own segmentation), the
+disagreement between the mirrored views and, with several folds, between the folds. The failure
+score ("failure" in summary.json; failure_score and failure_flagged in ood_scores.csv) is the
+mirrored views' disagreement, flagged above 0.3 (needs mirroring): of the signals it predicted
+Dice < 0.5 best, AUROC 0.91 against 0.31 for the OOD distance (README,
+"Which cases will fail"). --no-ood skips all of it.
 
 Fourier domain adaptation (--fda-source, Feather-Light FDA, DART 2022): each case is predicted
 once per style donor (--fda-donors, the source cases most similar to it), with the low-frequency
 Fourier amplitudes (disc of radius --fda-beta x the smaller image edge) replaced by the donor's
 and its phase kept; the softmax is averaged. The donors and their sites are listed in
-summary.json. Takes --fda-donors times as long.
+summary.json. Takes about --fda-donors times as long (each view is a full prediction).
+It did NOT help where we measured it: a BUSI-trained model on the STU site lost Dice with it
+(README, "Prediction-time FDA"). Our inputs are z-scored per image, which already removes the
+brightness and contrast that FDA transfers; what is left in the low band of a small ultrasound
+image is the lesion itself. Use it only after checking it on labelled cases of the new site.
 """
 
 
@@ -157,6 +172,9 @@ def _ood_summary(args: argparse.Namespace, ood, report, with_fda: bool) -> dict:
     cases = case_entries(report.ood, report.uncertainty)
     failure = {"signal": DEFAULT_SIGNAL, "threshold": DEFAULT_THRESHOLD,
                "likely_failed": sorted(case for case, entry in cases.items() if entry.get("failure", {}).get("flagged"))}
+    if failure["likely_failed"]:
+        log.warning("%d case(s) likely failed (%s > %g): %s; check their segmentations", len(failure["likely_failed"]),
+                    DEFAULT_SIGNAL, DEFAULT_THRESHOLD, ", ".join(failure["likely_failed"][:20]))
     if ood is None:
         return {"skipped": "no OOD reference could be made (see the log)", "failure": failure, "cases": cases,
                 "table": OOD_TABLE}

@@ -8,7 +8,8 @@ segmentation is wrong; measured on external breast-ultrasound sites it predicted
 cost of a few array operations per case (the votes of the mirrored views are stitched by the
 same sliding window as the logits, :func:`~.sliding_window.predict_logits` ``return_votes``).
 Which one predicts failure best is measured with :mod:`medseg_auto.evaluation.failure_prediction`
-(README, "Which cases will fail"); :data:`DEFAULT_SIGNAL` is the winner.
+(README, "Which cases will fail"); :data:`DEFAULT_SIGNAL` is the winner (it needs mirroring: with
+``--no-mirroring`` no failure score is given, the other signals still are).
 
 Every signal is a number per case, larger = more likely to fail, in ``[0, 1]``:
 
@@ -35,8 +36,11 @@ import torch
 
 UNCERTAINTY_SIGNALS = ("entropy_image", "entropy_foreground", "soft_dice_deficit", "mirror_disagreement",
                        "fold_disagreement")
-DEFAULT_SIGNAL = "soft_dice_deficit"
-DEFAULT_THRESHOLD = 0.5  # flag a case as a likely failure above this value of DEFAULT_SIGNAL
+# Measured (README, "Which cases will fail"): for Dice < 0.5 on 40 BUSI validation and 42 STU cases,
+# AUROC 0.91 (mirror_disagreement), 0.84 (entropy_foreground), 0.82 (soft_dice_deficit), 0.31 (the
+# feature distance). Above 0.3 the mirrored views disagree on more than 30 % of the pooled foreground.
+DEFAULT_SIGNAL = "mirror_disagreement"
+DEFAULT_THRESHOLD = 0.3  # flag a case as a likely failure above this value of DEFAULT_SIGNAL
 FAILURE_DICE = 0.5  # a case "fails" below this Dice (the and the evaluation's definition)
 
 
