@@ -28,7 +28,7 @@ Every signal is a number per case, larger = more likely to fail, in ``[0, 1]``:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
