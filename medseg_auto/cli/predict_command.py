@@ -151,6 +151,8 @@ def _fda_adapter(args: argparse.Namespace, home, models):
     bank = DonorBank.load(cache, args.fda_site)
     log.info("FDA: %d donor case(s) in %s%s, beta %g, %d donor(s) per case", len(bank.case_ids), cache.folder,
              f" (site {args.fda_site})" if args.fda_site else "", args.fda_beta, args.fda_donors)
+    log.info("FDA lowered Dice on the one external site it was measured on (README, 'Prediction-time FDA'); "
+             "check it on labelled cases of your site before relying on it")
     return FdaAdapter(bank, args.fda_beta, args.fda_donors, spatial_axes=2 if model.config.is_2d else 3)
 
 
