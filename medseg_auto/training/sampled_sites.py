@@ -34,7 +34,11 @@ def sampled_sites(methods: Sequence[DomainMethod], train_ids: Sequence[str],
     info = DatasetInfo(list(train_ids), {case: sites.get(case) for case in train_ids})
     sampled = list(train_ids)
     for method in methods:
-        sampler = method.make_sampler(info)
+        try:
+            sampler = method.make_sampler(info)
+        except MedsegError as error:  # e.g. options a rebuilt method lacks: count every training site
+            log.warning("cannot rebuild the %s sampler (%s); counting every training site", type(method).__name__, error)
+            break
         if sampler is not None:  # the first sampler wins, as in the trainer
             sampled = list(getattr(sampler, "case_ids", None) or train_ids)
             break

@@ -62,3 +62,8 @@ def test_predict_time_reference_leaves_out_the_sites_not_trained_on(train_on_sit
                                          home.preprocessed_dataset("Syn2dSites"), torch.device("cpu"))
     assert reference is not None and reference.case_ids == [case for case in val if case.startswith("siteA")]
     assert json.loads((folder / OOD_REFERENCE_FILE).read_text())["training_sites"] == ["siteA"]
+
+
+def test_a_sampler_that_cannot_be_rebuilt_counts_every_training_site():
+    needs_options = get_trainer("TrainOnSites").create_methods({})  # no --train-sites: its sampler refuses
+    assert sampled_sites(needs_options, list(SITES), SITES) == ["siteA", "siteB", None]
