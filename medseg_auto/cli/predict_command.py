@@ -39,13 +39,28 @@ itself) to those of the fold's cross-validation cases, in summary.json ("ood") a
 ood_scores.csv; cases above the threshold (the 99th percentile of the validation cases' own
 leave-one-out distances, --ood-percentile) are logged as warnings and marked "flagged". The
 reference is fold_F/ood_reference.json, written by the final validation of training, or made
-here once from the training cache when missing. --no-ood skips all of it.
+here once from the training cache when missing, from validation cases of the sites the fold
+trained on only (TrainOnSites). It says whether an image looks unlike the training data, not
+whether its segmentation failed.
+
+Which cases will fail: every case also gets uncertainty signals read from its own prediction at
+almost no cost (inference/uncertainty.py): softmax entropy over the image and over the predicted
+foreground, the soft-Dice deficit (1 - the Dice the model expects of its own segmentation), the
+disagreement between the mirrored views and, with several folds, between the folds. The failure
+score ("failure" in summary.json; failure_score and failure_flagged in ood_scores.csv) is the
+mirrored views' disagreement, flagged above 0.3 (needs mirroring): of the signals it predicted
+Dice < 0.5 best, AUROC 0.91 against 0.31 for the OOD distance (README,
+"Which cases will fail"). --no-ood skips all of it.
 
 Fourier domain adaptation (--fda-source, Feather-Light FDA, DART 2022): each case is predicted
 once per style donor (--fda-donors, the source cases most similar to it), with the low-frequency
 Fourier amplitudes (disc of radius --fda-beta x the smaller image edge) replaced by the donor's
 and its phase kept; the softmax is averaged. The donors and their sites are listed in
-summary.json. Takes --fda-donors times as long.
+summary.json. Takes about --fda-donors times as long (each view is a full prediction).
+It did NOT help where we measured it: a BUSI-trained model on the STU site lost Dice with it
+(README, "Prediction-time FDA"). Our inputs are z-scored per image, which already removes the
+brightness and contrast that FDA transfers; what is left in the low band of a small ultrasound
+image is the lesion itself. Use it only after checking it on labelled cases of the new site.
 """
 
 
@@ -107,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     options = PredictionOptions(
         step_size=args.step, use_mirroring=not args.no_mirroring, save_probabilities=args.save_probabilities,
         overwrite=args.overwrite, device=args.device, export_workers=args.num_processes,
-        show_progress=not args.no_progress, use_autocast=False if args.fp32 else None,
+        show_progress=not args.no_progress, use_autocast=False if args.fp32 else None, uncertainty=not args.no_ood,
     )
     fda = _fda_adapter(args, home, models) if args.fda_source else None
     started = time.perf_counter()
@@ -132,8 +147,8 @@ def run(args: argparse.Namespace) -> int:
         "fda": _fda_summary(args, fda, report) if fda is not None else None,
         "ood": _ood_summary(args, ood, report, fda is not None),
     }
-    if ood is not None:
-        _write_ood_table(args.output / OOD_TABLE, report.ood, [m.name for m in models])
+    if ood is not None or report.uncertainty:
+        _write_ood_table(args.output / OOD_TABLE, report.ood, [m.name for m in models], report.uncertainty)
     write_json_atomic(args.output / "summary.json", summary)
     log.info("%d predicted, %d kept, %d failed in %.1f s -> %s", len(report.predicted), len(report.skipped_existing),
              len(report.failed), elapsed, args.output)
@@ -148,6 +163,8 @@ def _fda_adapter(args: argparse.Namespace, home, models):
     bank = DonorBank.load(cache, args.fda_site)
     log.info("FDA: %d donor case(s) in %s%s, beta %g, %d donor(s) per case", len(bank.case_ids), cache.folder,
              f" (site {args.fda_site})" if args.fda_site else "", args.fda_beta, args.fda_donors)
+    log.info("FDA lowered Dice on the one external site it was measured on (README, 'Prediction-time FDA'); "
+             "check it on labelled cases of your site before relying on it")
     return FdaAdapter(bank, args.fda_beta, args.fda_donors, spatial_axes=2 if model.config.is_2d else 3)
 
 
@@ -162,24 +179,43 @@ def _fda_summary(args: argparse.Namespace, fda, report) -> dict:
 
 
 def _ood_summary(args: argparse.Namespace, ood, report, with_fda: bool) -> dict:
+    from medseg_auto.inference.uncertainty import DEFAULT_SIGNAL, DEFAULT_THRESHOLD, case_entries
+
     if args.no_ood:
         return {"skipped": "--no-ood"}
+    cases = case_entries(report.ood, report.uncertainty)
+    failure = {"signal": DEFAULT_SIGNAL, "threshold": DEFAULT_THRESHOLD,
+               "likely_failed": sorted(case for case, entry in cases.items() if entry.get("failure", {}).get("flagged"))}
+    if failure["likely_failed"]:
+        log.warning("%d case(s) likely failed (%s > %g): %s; check their segmentations", len(failure["likely_failed"]),
+                    DEFAULT_SIGNAL, DEFAULT_THRESHOLD, ", ".join(failure["likely_failed"][:20]))
     if ood is None:
-        return {"skipped": "no OOD reference could be made (see the log)"}
+        return {"skipped": "no OOD reference could be made (see the log)", "failure": failure, "cases": cases,
+                "table": OOD_TABLE}
     return {
         "percentile": ood.percentile, "taps": ood.recorder.taps,
         "thresholds": {name: round(t, 4) for name, t in zip(ood.names, ood.thresholds) if t is not None},
         "scored_images": "the input images" + (
             "; score_fda_adapted: the FDA-adapted images (statistics over all donors)" if with_fda else ""),
         "flagged": sorted(case for case, entry in report.ood.items() if entry["flagged"]),
-        "cases": report.ood, "table": OOD_TABLE,
+        "failure": failure, "cases": cases, "table": OOD_TABLE,
     }
 
 
-def _write_ood_table(path: Path, scores: dict, fold_names: list[str]) -> None:
+def _write_ood_table(path: Path, scores: dict, fold_names: list[str], signals: dict | None = None) -> None:
+    from medseg_auto.inference.uncertainty import DEFAULT_SIGNAL, DEFAULT_THRESHOLD, UNCERTAINTY_SIGNALS
+
+    signals = signals or {}
     with atomic_path(path, suffix=".csv") as temporary, open(temporary, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["case_id", "ood_score", "threshold", "flagged", "ood_score_fda_adapted", *fold_names])
-        for case_id, entry in sorted(scores.items()):
-            writer.writerow([case_id, entry["score"], entry["threshold"], int(entry["flagged"]),
-                             entry.get("score_fda_adapted", ""), *[entry["per_fold"].get(name, "") for name in fold_names]])
+        writer.writerow(["case_id", "ood_score", "threshold", "flagged", "ood_score_fda_adapted", *fold_names,
+                         *UNCERTAINTY_SIGNALS, "failure_score", "failure_flagged"])
+        for case_id in sorted(set(scores) | set(signals)):
+            entry = scores.get(case_id, {})
+            case_signals = signals.get(case_id, {})
+            writer.writerow([case_id, entry.get("score", ""), entry.get("threshold", ""),
+                             int(entry["flagged"]) if "flagged" in entry else "", entry.get("score_fda_adapted", ""),
+                             *[entry.get("per_fold", {}).get(name, "") for name in fold_names],
+                             *[case_signals.get(name, "") for name in UNCERTAINTY_SIGNALS],
+                             case_signals.get(DEFAULT_SIGNAL, ""),
+                             int(case_signals[DEFAULT_SIGNAL] > DEFAULT_THRESHOLD) if DEFAULT_SIGNAL in case_signals else ""])

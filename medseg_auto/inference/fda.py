@@ -55,30 +55,84 @@ def check_beta(beta: float) -> float:
 
 
 def fda_transfer(target: np.ndarray, donor: np.ndarray, beta: float = DEFAULT_BETA,
-                 spatial_axes: int = 2) -> np.ndarray:
+                 spatial_axes: int = 2, match_moments: bool = False) -> np.ndarray:
     """``target`` with the low-frequency amplitude spectrum of ``donor``; same shape and dtype.
 
     ``target`` and ``donor`` have equal shapes, e.g. ``(C, Z, Y, X)``; the transform runs over the
     last ``spatial_axes`` axes (2: every ``(Y, X)`` slice on its own, for 2D configurations;
     3: the whole ``(Z, Y, X)`` volume) and independently for every leading index (channel,
-    slice). Use :func:`fit_donor` first when the donor's size differs.
+    slice). Use :func:`fit_donor` first when the donor's size differs. ``match_moments``: see
+    :func:`apply_low_band`.
     """
     if target.shape != donor.shape:
         raise ValueError(f"FDA needs equal shapes (resize the donor first): target {target.shape}, donor {donor.shape}")
-    if spatial_axes not in (2, 3) or spatial_axes > target.ndim:
-        raise ValueError(f"spatial_axes must be 2 or 3 (and at most target.ndim), got {spatial_axes}")
+    return apply_low_band(target, low_band_amplitude(donor, beta, spatial_axes), beta, spatial_axes, match_moments)
+
+
+def low_band_amplitude(donor: np.ndarray, beta: float, spatial_axes: int = 2) -> np.ndarray:
+    """The donor's amplitudes inside the low-frequency mask: ``(*leading, n_mask)`` float64, with
+    ``n_mask`` the mask's size for the donor's spatial shape. All a transfer needs of a donor, so
+    a donor used for many targets of one shape is transformed once (``fda_donors`` caches it)."""
+    _check_axes(donor, spatial_axes)
+    from scipy import fft
+
+    axes = tuple(range(donor.ndim - spatial_axes, donor.ndim))
+    mask = low_frequency_mask(donor.shape[-spatial_axes:], beta)
+    spectrum = fft.fftshift(fft.fftn(np.asarray(donor, dtype=np.float64), axes=axes), axes=axes)
+    return np.abs(spectrum[..., mask])
+
+
+def apply_low_band(target: np.ndarray, band: np.ndarray, beta: float, spatial_axes: int = 2,
+                   match_moments: bool = False) -> np.ndarray:
+    """``target`` with its low-band amplitudes replaced by ``band`` (from :func:`low_band_amplitude`
+    of a donor of the target's shape), its phase kept. See :func:`apply_low_bands`."""
+    return apply_low_bands(target, [band], beta, spatial_axes, match_moments)[0]
+
+
+def apply_low_bands(target: np.ndarray, bands: Sequence[np.ndarray], beta: float, spatial_axes: int = 2,
+                    match_moments: bool = False) -> list[np.ndarray]:
+    """One adapted copy of ``target`` per donor band; the target's spectrum is computed once.
+
+    ``match_moments``: afterwards give every channel the mean and standard deviation the target
+    had (over all its voxels). Our inputs are z-scored, and the swap changes both moments (the
+    donor's low band carries its own energy), so without this the network sees inputs off the
+    unit scale it was trained on; with it, FDA changes only the image's large-scale layout.
+    """
+    _check_axes(target, spatial_axes)
+    mask = low_frequency_mask(target.shape[-spatial_axes:], beta)
+    if not mask.any():
+        return [target.copy() for _ in bands]
+    expected = target.shape[: target.ndim - spatial_axes] + (int(mask.sum()),)
+    for band in bands:
+        if band.shape != expected:
+            raise ValueError(f"FDA donor band of shape {band.shape} does not fit a target of shape {target.shape}")
     from scipy import fft
 
     axes = tuple(range(target.ndim - spatial_axes, target.ndim))
-    mask = low_frequency_mask(target.shape[-spatial_axes:], beta)
-    if not mask.any():
-        return target.copy()
-    target_spectrum = fft.fftshift(fft.fftn(target.astype(np.float64), axes=axes), axes=axes)
-    donor_amplitude = np.abs(fft.fftshift(fft.fftn(donor.astype(np.float64), axes=axes), axes=axes))
-    amplitude = np.where(mask, donor_amplitude, np.abs(target_spectrum))
-    spectrum = amplitude * np.exp(1j * np.angle(target_spectrum))
-    adapted = fft.ifftn(fft.ifftshift(spectrum, axes=axes), axes=axes).real
-    return adapted.astype(target.dtype, copy=False)
+    spectrum = fft.fftshift(fft.fftn(target.astype(np.float64), axes=axes), axes=axes)
+    phase = np.exp(1j * np.angle(spectrum[..., mask]))
+    views = []
+    for band in bands:
+        swapped = spectrum.copy()
+        swapped[..., mask] = band * phase
+        adapted = fft.ifftn(fft.ifftshift(swapped, axes=axes), axes=axes).real
+        if match_moments:
+            adapted = _match_moments(adapted, target.astype(np.float64))
+        views.append(adapted.astype(target.dtype, copy=False))
+    return views
+
+
+def _match_moments(adapted: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """``adapted`` shifted and scaled per channel (axis 0) to ``target``'s mean and std."""
+    reduce = tuple(range(1, target.ndim))
+    mean, std = adapted.mean(axis=reduce, keepdims=True), adapted.std(axis=reduce, keepdims=True)
+    wanted_mean, wanted_std = target.mean(axis=reduce, keepdims=True), target.std(axis=reduce, keepdims=True)
+    return (adapted - mean) / np.where(std > 1e-8, std, 1.0) * wanted_std + wanted_mean
+
+
+def _check_axes(array: np.ndarray, spatial_axes: int) -> None:
+    if spatial_axes not in (2, 3) or spatial_axes > array.ndim:
+        raise ValueError(f"spatial_axes must be 2 or 3 (and at most target.ndim), got {spatial_axes}")
 
 
 def fit_donor(donor: np.ndarray, spatial_shape: Sequence[int]) -> np.ndarray:

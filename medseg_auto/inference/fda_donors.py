@@ -18,14 +18,16 @@ choosing donors at all). Descriptors of a source cache are computed once and sto
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from scipy import fft
 
 from medseg_auto.errors import DatasetError
-from medseg_auto.inference.fda import DEFAULT_BETA, DEFAULT_DONORS, check_beta, fda_transfer, fit_donor
+from medseg_auto.inference.fda import (
+    DEFAULT_BETA, DEFAULT_DONORS, apply_low_bands, check_beta, fit_donor, low_band_amplitude,
+)
 from medseg_auto.planning.plans import ConfigurationPlan, Plans
 from medseg_auto.preprocessing.cache import PreprocessedCache
 from medseg_auto.utils.atomic import atomic_path
@@ -95,12 +97,21 @@ class DonorBank:
 
 @dataclass
 class FdaAdapter:
-    """Makes the FDA views of one preprocessed case: one per donor, in the target's shape."""
+    """Makes the FDA views of one preprocessed case: one per donor, in the target's shape.
+
+    A donor's low-band amplitudes are computed once per target shape and kept (a few hundred
+    numbers per donor and shape; at most ``cache_size`` entries): an external set's images
+    mostly share one shape and its cases share their nearest donors, so most views cost one
+    FFT of the target instead of reading, resizing and transforming the donor again.
+    """
 
     bank: DonorBank
     beta: float = DEFAULT_BETA
     donors: int = DEFAULT_DONORS
     spatial_axes: int = 2  # 2: slice-wise (2D configurations); 3: whole volume
+    match_moments: bool = False
+    cache_size: int = 4096
+    _bands: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         check_beta(self.beta)
@@ -111,14 +122,23 @@ class FdaAdapter:
         """``([adapted (C, Z, Y, X) per donor], [donor case ids])`` for a preprocessed case."""
         target = np.asarray(data, dtype=np.float32)
         chosen = self.bank.nearest(target, self.donors)
-        views = []
-        for case_id, _ in chosen:
-            donor, _, _ = self.bank.cache.load_case(case_id, mmap=True)
+        bands = [self._band(case_id, target) for case_id, _ in chosen]
+        views = apply_low_bands(target, bands, self.beta, self.spatial_axes, self.match_moments)
+        return views, [case_id for case_id, _ in chosen]
+
+    def _band(self, case_id: str, target: np.ndarray) -> np.ndarray:
+        key = (case_id, target.shape)
+        band = self._bands.get(key)
+        if band is None:
+            donor = np.load(self.bank.cache.data_path(case_id), mmap_mode="r", allow_pickle=False)
             if donor.shape[0] != target.shape[0]:
                 raise DatasetError(f"{self.bank.cache.folder}: donor '{case_id}' has {donor.shape[0]} channel(s), "
                                    f"the input {target.shape[0]}")
-            views.append(fda_transfer(target, fit_donor(donor, target.shape[1:]), self.beta, self.spatial_axes))
-        return views, [case_id for case_id, _ in chosen]
+            band = low_band_amplitude(fit_donor(donor, target.shape[1:]), self.beta, self.spatial_axes)
+            if len(self._bands) >= self.cache_size:
+                self._bands.pop(next(iter(self._bands)))  # the oldest entry
+            self._bands[key] = band
+        return band
 
 
 def open_source_cache(preprocessed_dataset_folder: Path, plans: Plans, config: ConfigurationPlan) -> PreprocessedCache:

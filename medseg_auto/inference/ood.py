@@ -27,7 +27,7 @@ from medseg_auto.errors import MedsegError
 from medseg_auto.utils.atomic import read_json, write_json_atomic
 
 OOD_REFERENCE_FILE = "ood_reference.json"
-REFERENCE_VERSION = 1
+REFERENCE_VERSION = 2  # 2: validation cases of the training sites only (1 held every site's)
 DEFAULT_PERCENTILE = 99.0
 MIN_REFERENCE_CASES = 5
 
@@ -78,7 +78,9 @@ class OodReference:
 
     ``signature`` identifies the weights the statistics came from
     (:func:`~.feature_statistics.tap_signature`), so a retrained fold is not scored against
-    an old reference. Stored as ``fold_F/ood_reference.json``.
+    an old reference. ``training_sites``: the sites the fold trained on; the reference holds
+    validation cases of these sites only (:mod:`~medseg_auto.training.sampled_sites`; None:
+    not recorded). Stored as ``fold_F/ood_reference.json``.
     """
 
     taps: list[str]
@@ -87,6 +89,7 @@ class OodReference:
     signature: str
     source: str
     loo_distances: np.ndarray | None = None
+    training_sites: list[str | None] | None = None
     model: GaussianModel = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -108,14 +111,15 @@ class OodReference:
         return {
             "version": REFERENCE_VERSION, "source": self.source, "taps": self.taps, "signature": self.signature,
             "statistics": "per channel mean and log std of the first normalization layer's input, identity view",
-            "case_ids": self.case_ids, "loo_distances": self.loo_distances.round(6).tolist(),
+            "training_sites": self.training_sites, "case_ids": self.case_ids, "loo_distances": self.loo_distances.round(6).tolist(),
             "features": self.features.round(7).tolist(),
         }
 
     @classmethod
     def from_json(cls, payload: dict[str, Any]) -> "OodReference":
         return cls(list(payload["taps"]), list(payload["case_ids"]), np.asarray(payload["features"]),
-                   str(payload["signature"]), str(payload.get("source", "")), payload.get("loo_distances"))
+                   str(payload["signature"]), str(payload.get("source", "")), payload.get("loo_distances"),
+                   payload.get("training_sites"))
 
     def save(self, path: Path) -> None:
         write_json_atomic(path, self.to_json(), compact=True)

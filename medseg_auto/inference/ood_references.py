@@ -11,6 +11,10 @@ validation cases. Two ways to make it, one definition (:class:`~.ood.OodReferenc
   are the same), over at most ``max_cases`` validation cases of the fold, read from the
   preprocessed training cache (evenly spread over the sorted case ids). Fold ``all`` has no
   held-out cases, so its reference uses training cases and its threshold is optimistic.
+
+Either way only validation cases of the sites the fold trained on count
+(:mod:`~medseg_auto.training.sampled_sites`): with ``TrainOnSites --train-sites busi`` the
+fold's STU validation cases are out of distribution and must not define "normal".
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from medseg_auto.inference.sliding_window import predict_logits
 from medseg_auto.planning.plans import ConfigurationPlan
 from medseg_auto.preprocessing.cache import PreprocessedCache
 from medseg_auto.training.data.splits import SPLIT_FILE, fold_cases, load_or_create_splits
+from medseg_auto.training.sampled_sites import fold_training_sites, in_sites
 from medseg_auto.utils.atomic import read_json
 from medseg_auto.utils.logging_setup import get_logger
 
@@ -42,7 +47,8 @@ MAX_REFERENCE_CASES = 200
 
 
 def save_reference(network: nn.Module, vectors: dict[str, np.ndarray], path: Path, source: str,
-                   taps: Sequence[str] = DEFAULT_TAPS) -> OodReference | None:
+                   taps: Sequence[str] = DEFAULT_TAPS,
+                   training_sites: Sequence[str | None] | None = None) -> OodReference | None:
     """Build the reference from per-case vectors and write it; None (with a warning) when there
     are too few cases or the file cannot be written."""
     if len(vectors) < MIN_REFERENCE_CASES:
@@ -51,7 +57,7 @@ def save_reference(network: nn.Module, vectors: dict[str, np.ndarray], path: Pat
         return None
     cases = sorted(vectors)
     reference = OodReference(list(taps), cases, np.stack([vectors[c] for c in cases]), tap_signature(network, taps),
-                             source)
+                             source, training_sites=None if training_sites is None else list(training_sites))
     try:
         reference.save(path)
     except OSError as error:
@@ -71,8 +77,16 @@ def case_statistics(network: nn.Module, data: np.ndarray, config: ConfigurationP
 
 def reference_case_ids(fold_folder: Path, preprocessed_dataset_folder: Path, cache: PreprocessedCache,
                        max_cases: int = MAX_REFERENCE_CASES) -> list[str]:
-    """The fold's validation cases, at most ``max_cases`` of them, evenly spread: from
-    ``fold_<tag>/split.json`` for a run with an explicit split, else from the dataset's ``splits.json``."""
+    """The fold's reference cases (:func:`reference_cases_and_sites`)."""
+    return reference_cases_and_sites(fold_folder, preprocessed_dataset_folder, cache, max_cases)[0]
+
+
+def reference_cases_and_sites(fold_folder: Path, preprocessed_dataset_folder: Path, cache: PreprocessedCache,
+                              max_cases: int = MAX_REFERENCE_CASES) -> tuple[list[str], list[str | None]]:
+    """``(cases, training sites)``: the fold's validation cases of the sites it trained on, at
+    most ``max_cases`` of them, evenly spread, from ``fold_<tag>/split.json`` for a run with an
+    explicit split, else from the dataset's ``splits.json``. Fold ``all`` (no validation cases)
+    uses its training cases."""
     own_split = fold_folder / SPLIT_FILE
     if own_split.is_file():
         payload = read_json(own_split)
@@ -81,10 +95,13 @@ def reference_case_ids(fold_folder: Path, preprocessed_dataset_folder: Path, cac
         fold = fold_folder.name[len("fold_"):]
         train_ids, val_ids = fold_cases(load_or_create_splits(preprocessed_dataset_folder, cache.case_ids()), fold)
     available = set(cache.case_ids())
-    cases = sorted(case for case in (val_ids or train_ids) if case in available)
+    train_ids = [case for case in train_ids if case in available]
+    sites = {case: cache.load_properties(case).site for case in available}
+    trained_sites = fold_training_sites(fold_folder, train_ids, sites)
+    cases = sorted(in_sites([case for case in (val_ids or train_ids) if case in available], sites, trained_sites))
     if len(cases) > max_cases:
         cases = [cases[int(i)] for i in np.linspace(0, len(cases) - 1, max_cases).round()]
-    return cases
+    return cases, trained_sites
 
 
 def load_or_create_reference(
@@ -110,7 +127,7 @@ def load_or_create_reference(
             log.info("%s was made with other weights; recomputing it", path)
     cache = PreprocessedCache(preprocessed_dataset_folder / config.data_identifier)
     try:
-        cases = reference_case_ids(fold_folder, preprocessed_dataset_folder, cache, max_cases)
+        cases, trained_sites = reference_cases_and_sites(fold_folder, preprocessed_dataset_folder, cache, max_cases)
     except MedsegError as error:
         log.warning("no OOD reference for %s: %s", fold_folder, error)
         return None
@@ -122,7 +139,7 @@ def load_or_create_reference(
     for case_id in cases:
         data, _, _ = cache.load_case(case_id, mmap=False)
         vectors[case_id] = case_statistics(network, data, config, device, taps, use_autocast=use_autocast)
-    return save_reference(network, vectors, path, "predict (from the training cache)", taps)
+    return save_reference(network, vectors, path, "predict (from the training cache)", taps, trained_sites)
 
 
 class OodScorer:

@@ -43,6 +43,7 @@ from medseg_auto.utils.logging_setup import get_logger
 
 if TYPE_CHECKING:
     from medseg_auto.inference.fda_donors import FdaAdapter
+    from medseg_auto.inference.uncertainty import CaseSignals
 
 log = get_logger("inference")
 
@@ -57,6 +58,7 @@ class PredictionOptions:
     use_autocast: bool | None = None
     export_workers: int = 1
     show_progress: bool = True
+    uncertainty: bool = False  # per-case uncertainty signals (inference/uncertainty.py) in report.uncertainty
 
 
 @dataclass
@@ -67,6 +69,7 @@ class PredictionReport:
     seconds_per_case: dict[str, float] = field(default_factory=dict)
     ood: dict[str, dict[str, Any]] = field(default_factory=dict)
     fda_donors: dict[str, list[str]] = field(default_factory=dict)
+    uncertainty: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 class FeatureWatcher(Protocol):
@@ -112,11 +115,12 @@ def predict_preprocessed(
 
 def predict_images(
     models: list[LoadedModel], images: list[np.ndarray], options: PredictionOptions, device: torch.device,
-    recorder: FeatureWatcher | None = None,
+    recorder: FeatureWatcher | None = None, signals: CaseSignals | None = None,
 ) -> np.ndarray:
     """Softmax ``(K, z, y, x)`` averaged over every model and every image of one case (the FDA
     views; all ``(C, z, y, x)``). ``recorder`` (OOD feature statistics) watches each model's
-    forward passes through hooks; it reads activations and leaves the prediction unchanged."""
+    forward passes through hooks; it reads activations and leaves the prediction unchanged.
+    ``signals`` collects each model's softmax and its mirrored views' votes (uncertainty signals)."""
     autocast = default_autocast(device) if options.use_autocast is None else options.use_autocast
     total: np.ndarray | None = None
     for index, model in enumerate(models):
@@ -124,11 +128,16 @@ def predict_images(
         watch = recorder.watch(index, model.network, views_per_window(mirror_axes, True)) if recorder else nullcontext()
         with watch:
             for image in images:
+                votes = None
                 logits = predict_logits(
                     model.network, image, model.config.patch_size, model.config.is_2d, mirror_axes,
-                    options.step_size, device, autocast,
+                    options.step_size, device, autocast, return_votes=signals is not None and bool(mirror_axes),
                 )
+                if isinstance(logits, tuple):
+                    logits, votes = logits
                 probabilities = logits_to_probabilities(logits)
+                if signals is not None:
+                    signals.add(index, probabilities, votes)
                 total = probabilities if total is None else total + probabilities
     assert total is not None
     return total / (len(models) * len(images))
@@ -214,13 +223,16 @@ def _predict_case(case_id: str, models: list[LoadedModel], data: np.ndarray, opt
     score comes free from the hooks and is kept as ``score_fda_adapted`` (is FDA moving the
     image towards the training data?).
     """
+    signals = _case_signals() if options.uncertainty else None
     if fda is None:
-        probabilities = predict_images(models, [data], options, device, ood)
+        probabilities = predict_images(models, [data], options, device, ood, signals)
         _record_ood(case_id, ood.score_case() if ood is not None else None, report)
+        _record_signals(case_id, signals, probabilities, report)
         return probabilities
     images, donors = fda.adapt(data)
     report.fda_donors[case_id] = donors
-    probabilities = predict_images(models, images, options, device, ood)
+    probabilities = predict_images(models, images, options, device, ood, signals)
+    _record_signals(case_id, signals, probabilities, report)
     if ood is not None:
         adapted = ood.score_case()
         predict_images(models, [data], replace(options, use_mirroring=False), device, ood)
@@ -306,6 +318,18 @@ def _record_ood(case_id: str, score: dict[str, Any] | None, report: PredictionRe
     if score["flagged"]:
         log.warning("case %s looks out of distribution: OOD score %.2f above the threshold %.2f (learned from "
                     "the cross-validation cases); check its segmentation", case_id, score["score"], score["threshold"])
+
+
+def _case_signals() -> CaseSignals:
+    from medseg_auto.inference.uncertainty import CaseSignals
+
+    return CaseSignals()
+
+
+def _record_signals(case_id: str, signals: CaseSignals | None, probabilities: np.ndarray,
+                    report: PredictionReport) -> None:
+    if signals is not None:
+        report.uncertainty[case_id] = signals.finish(probabilities)
 
 
 def _ending_of(path: Path) -> str:

@@ -48,12 +48,14 @@ def validate_cases(
     save_probabilities: bool = False,
     show_progress: bool = True,
     ood_reference_file: Path | None = None,
+    ood_reference_sites: list[str | None] | None = None,
 ) -> dict:
     """Predict and score ``case_ids``; write ``output_folder/{CASE.ext, metrics.csv,
     summary.json, summary.md}`` and return the summary dict.
 
     With ``ood_reference_file``, hooks record the cases' early-layer feature statistics during
-    the same prediction pass and the OOD reference (:mod:`.ood`) is written there."""
+    the same prediction pass and the OOD reference (:mod:`.ood`) is written there, from the cases
+    of ``ood_reference_sites`` only (the sites the model trained on; None: every case)."""
     output_folder.mkdir(parents=True, exist_ok=True)
     model = LoadedModel(network, plans, config, mirror_axes, "validation")
     options = PredictionOptions(step_size=step_size, device=str(device), show_progress=False)
@@ -67,7 +69,7 @@ def validate_cases(
         probabilities = predict_preprocessed([model], data, options, device, recorder)
         if recorder is not None:
             recorded = recorder.take()
-            if 0 in recorded:
+            if 0 in recorded and (ood_reference_sites is None or properties.site in ood_reference_sites):
                 statistics[case_id] = recorded[0]
         ending = properties.image_geometry.file_ending
         prediction = export_prediction(probabilities, properties, plans, config,
@@ -76,7 +78,8 @@ def validate_cases(
         rows_by_case[case_id] = evaluate_arrays(prediction, reference, geometry.spacing, labels, geometry.is_2d)
     if recorder is not None and ood_reference_file is not None:
         try:  # a by-product: predict makes the reference itself if this fails
-            save_reference(network, statistics, ood_reference_file, "final validation")
+            save_reference(network, statistics, ood_reference_file, "final validation",
+                           training_sites=ood_reference_sites)
         except (MedsegError, ValueError, ArithmeticError, np.linalg.LinAlgError) as error:
             log.warning("OOD reference not written to %s: %s", ood_reference_file, error)
     sites = {case: spec.sites[case] for case in case_ids if case in spec.sites} or None
@@ -103,4 +106,5 @@ def predict_validation_cases(request) -> dict:
         request.mirror_axes, request.device, save_probabilities=request.save_probabilities,
         ood_reference_file=Path(request.fold_folder) / OOD_REFERENCE_FILE,
         show_progress=getattr(request, "show_progress", True),
+        ood_reference_sites=getattr(request, "reference_sites", None),
     )

@@ -38,7 +38,9 @@ class FinalValidationRequest:
     ``network`` is the bare module (eval mode, on ``device``) holding the weights of
     ``checkpoint_name``; its eval forward maps ``(B, C, *patch)`` to logits ``(B, K, *patch)``.
     ``output_folder`` is ``fold_F/validation``; ``mirror_axes`` the axes allowed for test-time
-    mirroring (None: none); ``save_probabilities`` is ``--npz``.
+    mirroring (None: none); ``save_probabilities`` is ``--npz``. ``reference_sites``: the sites
+    the training batches came from (:mod:`~medseg_auto.training.sampled_sites`); only validation
+    cases of these sites form the OOD reference (None: every validation case).
     """
 
     fold_folder: Path
@@ -54,6 +56,7 @@ class FinalValidationRequest:
     save_probabilities: bool = False
     checkpoint_name: str = "checkpoint_final.pt"
     show_progress: bool = True
+    reference_sites: list[str | None] | None = None
 
 
 def run_final_validation(request: FinalValidationRequest) -> dict[str, Any]:

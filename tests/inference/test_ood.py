@@ -182,6 +182,7 @@ def test_reference_cases_come_from_the_runs_own_split_or_the_datasets_splits(tra
     fold_0 = tmp_path / "fold_0"
     assert reference_case_ids(fold_0, preprocessed, cache) == sorted(read_json(preprocessed / "splits.json")[0]["val"])
     tagged = tmp_path / "fold_busi"
-    write_json_atomic(tagged / "split.json", {"train": ["siteA_000"], "val": ["siteB_002", "siteB_001", "gone"]})
+    write_json_atomic(tagged / "split.json", {"train": ["siteA_000", "siteB_000"],
+                                              "val": ["siteB_002", "siteB_001", "gone"]})
     assert reference_case_ids(tagged, preprocessed, cache) == ["siteB_001", "siteB_002"]
     assert len(reference_case_ids(tmp_path / "fold_all", preprocessed, cache, max_cases=5)) == 5
