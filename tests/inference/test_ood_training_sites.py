@@ -9,7 +9,7 @@ import pytest
 from medseg_auto.dataset.synthetic import make_synthetic_dataset, synthetic_home
 from medseg_auto.inference.ood import OOD_REFERENCE_FILE
 from medseg_auto.training.registry import get_trainer
-from medseg_auto.training.run import train_fold
+from medseg_auto.training.run import TrainRequest, train_fold
 from medseg_auto.training.sampled_sites import fold_training_sites, in_sites, sampled_sites
 
 SITES = {"a0": "siteA", "a1": "siteA", "b0": "siteB", "n0": None}
@@ -37,9 +37,10 @@ def train_on_site_a(tmp_path_factory):
     assert main(["plan_and_preprocess", "Syn2dSites", "-np", "1", "--home", str(home.root), "--no-progress"]) == 0
     train = [f"site{s}_{i:03d}" for s in "AB" for i in range(4)]
     val = [f"site{s}_{i:03d}" for s in "AB" for i in range(4, 10)]
-    folder = train_fold(home, "Syn2dSites", "2d", "onlyA", trainer_name="TrainOnSites", epochs=1, iters_per_epoch=1,
-                        val_iters_per_epoch=1, num_workers=0, device="cpu", seed=0, split=(train, val),
-                        trainer_options={"train_sites": ["siteA"]})
+    folder = train_fold(TrainRequest(
+        home, "Syn2dSites", "2d", "onlyA", trainer_name="TrainOnSites", device="cpu", seed=0, split=(train, val),
+        settings={"num_epochs": 1, "iterations_per_epoch": 1, "val_iterations_per_epoch": 1, "num_workers": 0},
+        trainer_options={"train_sites": ["siteA"]}))
     return home, folder, val
 
 
