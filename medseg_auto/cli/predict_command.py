@@ -24,6 +24,8 @@ examples:
   medseg-auto predict -i images/ -o out/ -d BreastUS -c 2d -tr Base --save-probabilities
   medseg-auto predict -i stu_images/ -o out_fda/ -d BreastUS -c 2d --fda-source BreastUS --fda-site busi
   medseg-auto predict -i new_scans/ -o out/ -d Hippocampus -c 3d_fullres --no-ood
+  medseg-auto predict -i scans/ -o out/ -d Hippocampus -c 3d_fullres -num_parts 4 -part_id 0   # 1 of 4 jobs
+  torchrun --nproc_per_node 4 -m medseg_auto predict -i scans/ -o out/ -d Hippocampus -c 3d_fullres
 
 Input: a folder in raw-dataset naming (CASE_0000.ext, one file per channel) or plain files
 (one single-channel case each); output: one label file per case with the input's format,
@@ -44,6 +46,11 @@ once per style donor (--fda-donors, the source cases most similar to it), with t
 Fourier amplitudes (disc of radius --fda-beta x the smaller image edge) replaced by the donor's
 and its phase kept; the softmax is averaged. The donors and their sites are listed in
 summary.json. Takes --fda-donors times as long.
+
+Many cases, many processes: -num_parts N -part_id K predicts every N-th case of the sorted list
+from the K-th (nnU-Net's meaning; start N jobs with K = 0..N-1 on the same input and output).
+Under torchrun each rank takes its share (one GPU per rank when there are GPUs, gloo on CPU).
+Each part writes summary_parts/part_K_of_N.json; summary.json is merged once every part is done.
 """
 
 
@@ -73,6 +80,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="radius of the swapped low-frequency disc, as a fraction of the smaller image edge")
     parser.add_argument("--fda-donors", type=int, default=DEFAULT_DONORS, help="style donors per case")
     parser.add_argument("--fda-site", metavar="SITE", help="take donors only from this site of the FDA source")
+    parser.add_argument("-num_parts", "--num-parts", dest="num_parts", type=int, default=1,
+                        help="split the sorted cases into this many parts (one job each)")
+    parser.add_argument("-part_id", "--part-id", dest="part_id", type=int, default=0,
+                        help="the part this job predicts, 0 .. num_parts-1")
     parser.add_argument("--no-ood", action="store_true", help="no out-of-distribution score")
     parser.add_argument("--ood-percentile", type=float, default=DEFAULT_PERCENTILE,
                         help="OOD threshold: this percentile of the validation cases' leave-one-out scores")
@@ -84,10 +95,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from medseg_auto.inference.model_loading import experiment_folder, load_folds
     from medseg_auto.inference.postprocessing import PostprocessingPlan
-    from medseg_auto.inference.predict import PredictionOptions, default_autocast, predict_folder, resolve_device
+    from medseg_auto.inference.prediction_job import start_job
+    from medseg_auto.inference.predict import PredictionOptions, default_autocast, predict_folder
 
     home = resolve_home(args)
-    log_file = start_log(args.output, "predict", args)
+    job = start_job(args.num_parts, args.part_id, args.device)
+    log_file = start_log(args.output, job.log_name, args)
+    log.info("%s", job.describe())
     folder = experiment_folder(home.results_dataset(args.dataset), args.trainer, args.plans, args.configuration)
     models = load_folds(folder, args.folds, args.checkpoint)
     postprocess = None
@@ -97,8 +111,9 @@ def run(args: argparse.Namespace) -> int:
         log.info("post-processing from %s: %s", postprocessing_file, postprocess.to_json())
     options = PredictionOptions(
         step_size=args.step, use_mirroring=not args.no_mirroring, save_probabilities=args.save_probabilities,
-        overwrite=args.overwrite, device=args.device, export_workers=args.num_processes,
-        show_progress=not args.no_progress, use_autocast=False if args.fp32 else None,
+        overwrite=args.overwrite, device=str(job.device), export_workers=args.num_processes,
+        show_progress=not args.no_progress and job.is_main, use_autocast=False if args.fp32 else None,
+        num_parts=job.shard.num_parts, part_id=job.shard.part_id,
     )
     fda = _fda_adapter(args, home, models) if args.fda_source else None
     started = time.perf_counter()
@@ -106,9 +121,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_ood:
         from medseg_auto.inference.ood_references import make_scorer
 
-        device = resolve_device(args.device)
-        autocast = False if args.fp32 else default_autocast(device)
-        ood = make_scorer(models, folder, home.preprocessed / folder.parent.name, device, autocast, args.ood_percentile)
+        autocast = False if args.fp32 else default_autocast(job.device)
+        ood = make_scorer(models, folder, home.preprocessed / folder.parent.name, job.device, autocast,
+                          args.ood_percentile)
     log.info("predicting %s with %s (%s)", args.input, folder.name, ", ".join(m.name for m in models))
     report = predict_folder(args.input, args.output, models, None, options, postprocess, fda=fda, ood=ood)
     elapsed = time.perf_counter() - started
@@ -120,9 +135,13 @@ def run(args: argparse.Namespace) -> int:
         "fda": _fda_summary(args, fda, report) if fda is not None else None,
         "ood": _ood_summary(args, ood, report, fda is not None),
     }
-    if ood is not None:
-        _write_ood_table(args.output / OOD_TABLE, report.ood, [m.name for m in models])
-    write_json_atomic(args.output / "summary.json", summary)
+
+    def write_summary(final: dict) -> None:  # once per job: the merged summary when split (see .sharding)
+        if ood is not None:
+            _write_ood_table(args.output / OOD_TABLE, final["ood"]["cases"], [m.name for m in models])
+        write_json_atomic(args.output / "summary.json", final)
+
+    job.finish(args.output, summary, write_summary)
     log.info("%d predicted, %d kept, %d failed in %.1f s -> %s", len(report.predicted), len(report.skipped_existing),
              len(report.failed), elapsed, args.output)
     return 2 if report.failed else 0

@@ -62,6 +62,8 @@ class PredictionOptions:
     use_autocast: bool | None = None
     export_workers: int = 1
     show_progress: bool = True
+    num_parts: int = 1  # predict only part ``part_id`` of the sorted cases (see .sharding)
+    part_id: int = 0
 
 
 @dataclass
@@ -148,6 +150,10 @@ def predict_folder(
     for model in models:
         model.network.to(device).eval()
     cases = find_input_cases(input_path, plans.num_input_channels)
+    if options.num_parts > 1:
+        from medseg_auto.inference.sharding import Shard
+
+        cases = {case: cases[case] for case in Shard(options.num_parts, options.part_id).select(list(cases))}
     output_folder.mkdir(parents=True, exist_ok=True)
     report = PredictionReport()
     todo = {}
