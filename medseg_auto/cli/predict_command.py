@@ -84,6 +84,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="split the sorted cases into this many parts (one job each)")
     parser.add_argument("-part_id", "--part-id", dest="part_id", type=int, default=0,
                         help="the part this job predicts, 0 .. num_parts-1")
+    parser.add_argument("--engine", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
+                        help="what runs the network on the CPU (the sliding window, weighting and mirroring stay ours); "
+                             "auto: the fastest installed one when --no-ood, else torch (the OOD score needs torch's hooks)")
     parser.add_argument("--no-ood", action="store_true", help="no out-of-distribution score")
     parser.add_argument("--ood-percentile", type=float, default=DEFAULT_PERCENTILE,
                         help="OOD threshold: this percentile of the validation cases' leave-one-out scores")
@@ -104,6 +107,11 @@ def run(args: argparse.Namespace) -> int:
     log.info("%s", job.describe())
     folder = experiment_folder(home.results_dataset(args.dataset), args.trainer, args.plans, args.configuration)
     models = load_folds(folder, args.folds, args.checkpoint)
+    engine = _engine(args, job.device)
+    if engine != "torch":
+        from medseg_auto.inference.engines import engine_model
+
+        models = [engine_model(model, engine, fp32=args.fp32) for model in models]
     postprocess = None
     postprocessing_file = folder / "postprocessing.json"
     if postprocessing_file.is_file() and not args.no_postprocessing:
@@ -118,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     fda = _fda_adapter(args, home, models) if args.fda_source else None
     started = time.perf_counter()
     ood = None
-    if not args.no_ood:
+    if not args.no_ood and engine == "torch":
         from medseg_auto.inference.ood_references import make_scorer
 
         autocast = False if args.fp32 else default_autocast(job.device)
@@ -129,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     summary = {
         "model": str(folder), "folds": [m.name for m in models], "checkpoint": args.checkpoint,
-        "mirroring": not args.no_mirroring, "step": args.step, "seconds": round(elapsed, 2),
+        "mirroring": not args.no_mirroring, "step": args.step, "engine": engine, "seconds": round(elapsed, 2),
         "predicted": report.predicted, "skipped_existing": report.skipped_existing, "failed": report.failed,
         "seconds_per_case": {k: round(v, 3) for k, v in report.seconds_per_case.items()}, "log": str(log_file),
         "fda": _fda_summary(args, fda, report) if fda is not None else None,
@@ -145,6 +153,17 @@ def run(args: argparse.Namespace) -> int:
     log.info("%d predicted, %d kept, %d failed in %.1f s -> %s", len(report.predicted), len(report.skipped_existing),
              len(report.failed), elapsed, args.output)
     return 2 if report.failed else 0
+
+
+def _engine(args: argparse.Namespace, device) -> str:
+    from medseg_auto.inference.engines import resolve_engine
+
+    if args.engine == "auto" and not args.no_ood:
+        return "torch"
+    if args.engine not in ("auto", "torch") and not args.no_ood:
+        log.warning("--engine %s: no OOD score (it reads torch's feature hooks); pass --no-ood to silence this",
+                    args.engine)
+    return resolve_engine(args.engine, device)
 
 
 def _fda_adapter(args: argparse.Namespace, home, models):
@@ -171,6 +190,8 @@ def _fda_summary(args: argparse.Namespace, fda, report) -> dict:
 def _ood_summary(args: argparse.Namespace, ood, report, with_fda: bool) -> dict:
     if args.no_ood:
         return {"skipped": "--no-ood"}
+    if args.engine not in ("auto", "torch"):
+        return {"skipped": f"--engine {args.engine} (the OOD score needs torch's feature hooks)"}
     if ood is None:
         return {"skipped": "no OOD reference could be made (see the log)"}
     return {
