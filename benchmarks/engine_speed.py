@@ -32,7 +32,7 @@ def dice_agreement(reference: Path, other: Path, ending: str) -> dict[str, Any]:
             continue
         ours, _ = read_segmentation(path)
         theirs, _ = read_segmentation(counterpart)
-        labels = sorted(set(np.unique(ours)) | set(np.unique(theirs)) - {0})
+        labels = sorted((set(np.unique(ours)) | set(np.unique(theirs))) - {0})
         scores = [2.0 * np.sum((ours == label) & (theirs == label)) / (np.sum(ours == label) + np.sum(theirs == label))
                   for label in labels]
         per_case[path.name[: -len(ending)]] = float(np.mean(scores)) if scores else 1.0
