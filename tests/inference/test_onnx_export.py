@@ -77,6 +77,7 @@ def test_engine_choice():
     cpu = torch.device("cpu")
     assert resolve_engine("torch", cpu) == "torch" and resolve_engine("onnxruntime", cpu) == "onnxruntime"
     assert resolve_engine("auto", torch.device("cuda")) == "torch"
+    assert resolve_engine("auto", cpu) == ("openvino" if engine_installed("openvino") else "torch")
     with pytest.raises(MedsegError, match="--device cpu"):
         resolve_engine("onnxruntime", torch.device("cuda"))
 
