@@ -64,7 +64,7 @@ def network_gflop_per_case(plans_file: Path, configuration: str, cache_cases: Se
     for case in cache_cases:
         shape = np.load(case, mmap_mode="r").shape[1:]
         size = [max(s, p) for s, p in zip(shape, config.patch_size)]  # padded up to the patch
-        interval = _get_scan_interval(size, config.patch_size, len(size), 1.0 - step)
+        interval = _get_scan_interval(size, config.patch_size, len(size), [1.0 - step] * len(size))
         windows.append(len(dense_patch_slices(size, config.patch_size, interval)))
     mean_windows = float(np.mean(windows)) if windows else float("nan")
     return {"gflop_per_window_view": per_window, "views": views, "windows_per_case": mean_windows,
