@@ -30,7 +30,9 @@ from medseg_auto.utils.logging_setup import get_logger
 
 log = get_logger("inference.engines")
 ENGINES = ("torch", "onnxruntime", "openvino")
-AUTO_ORDER = ("openvino", "torch")  # fastest first, as measured (README, "Deployment on CPUs")
+# fastest first, as measured by benchmarks/predict_speed.py (README, Benchmarks): s/case after
+# start-up on Hippocampus 3d_fullres: OpenVINO 9.5, torch bf16 18.6, ONNX Runtime 28.4, torch fp32 32.6
+AUTO_ORDER = ("openvino", "torch")
 _MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 
 
