@@ -14,6 +14,13 @@ Each tool runs twice: on one case, then on ``--cases`` cases. Whole commands are
 torch, the model and the worker processes. ``s_per_case_after_startup`` is the difference of
 the two runs divided by the extra cases: the cost of one more case once running. The ratio row
 is ours / nnU-Net (target: at most 0.5 per case).
+
+Ours runs several times (``--engines``): torch (bf16 autocast where the CPU has native bf16),
+torch in float32 (the reference), and the network call through ONNX Runtime and OpenVINO
+(``predict --engine``); all with ``--no-ood``. Each of ours gets its per-case Dice against the
+float32 torch labels (``dice_vs_fp32_*``), and every tool the achieved GFLOP/s of the network
+(``engine_speed.network_gflop_per_case`` / s per case after start-up) as a fraction of this
+CPU's bf16 and float32 matrix-product peak (``engine_speed.matmul_peak_gflops``).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import common
+import engine_speed
 import plan_preprocess
 import train_throughput
 from common import BenchmarkError, Measurement
@@ -36,8 +44,11 @@ from train_throughput import NNUNET_TOOL, OURS_TOOL
 
 OURS_CHECKPOINT = "checkpoint_final.pt"
 NNUNET_CHECKPOINT = "checkpoint_final.pth"
+OURS_FP32_TOOL = "ours fp32"
+ENGINE_TOOLS = {"onnxruntime": "ours onnxruntime", "openvino": "ours openvino"}
 TABLE_COLUMNS = ("tool", "mirroring", "step", "cases", "wall_s", "s_per_case", "s_per_case_after_startup",
-                 "startup_s", "peak_rss_mib", "peak_pss_mib", "cpu_s", "outputs", "load_before", "returncode")
+                 "startup_s", "peak_rss_mib", "peak_pss_mib", "cpu_s", "outputs", "dice_vs_fp32_min",
+                 "dice_vs_fp32_mean", "achieved_gflops", "frac_bf16_peak", "frac_fp32_peak", "load_before", "returncode")
 RATIO_KEYS = ("wall_s", "s_per_case", "s_per_case_after_startup", "peak_rss_mib", "peak_pss_mib", "cpu_s")
 
 EXAMPLES = """\
@@ -73,12 +84,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="skip the one-case runs (no s_per_case_after_startup, no startup_s)")
     parser.add_argument("--skip-ours", action="store_true", help="do not run medseg-auto")
     parser.add_argument("--skip-nnunet", action="store_true", help="do not run nnU-Net v2")
+    parser.add_argument("--engines", nargs="*", default=list(ENGINE_TOOLS), choices=list(ENGINE_TOOLS),
+                        help="our inference engines to run besides torch (bf16) and torch fp32")
     args = parser.parse_args(argv)
     if args.skip_ours and args.skip_nnunet:
         parser.error("--skip-ours and --skip-nnunet together leave nothing to measure")
     if args.cases < 1 or (args.cases < 2 and not args.no_startup_run):
         parser.error("--cases must be at least 2 (or 1 with --no-startup-run)")
     return args
+
+
+def slug(tool: str) -> str:
+    """A file-name form of a tool's name (``ours onnxruntime`` -> ``ours_onnxruntime``)."""
+    return "".join(c if c.isalnum() else "_" for c in tool.replace("-", "")).lower()
 
 
 # --- models (not timed) --------------------------------------------------------------------
@@ -159,6 +177,8 @@ def predict_run(tool: str, layout: WorkLayout, args: argparse.Namespace, source:
            "--step", str(args.step), "-np", workers, "--device", "cpu", "--home", str(layout.ours_home),
            "--no-progress"]
     cmd += ["--no-mirroring"] if args.no_mirroring else []
+    engine = next((name for name, label in ENGINE_TOOLS.items() if label == tool), "torch")
+    cmd += ["--no-ood", "--engine", engine] + (["--fp32"] if tool == OURS_FP32_TOOL else [])
     return ToolRun(tool, cmd, [*program, "--help"], {}, target)
 
 
@@ -171,7 +191,7 @@ def measure_prediction(run: ToolRun, layout: WorkLayout, cases: int) -> tuple[Me
     if warning:
         print(warning, file=sys.stderr)
     load_before = os.getloadavg()[0]
-    log_path = layout.logs / f"predict_{run.tool.split()[0].replace('-', '').lower()}_{cases}.log"
+    log_path = layout.logs / f"predict_{slug(run.tool)}_{cases}.log"
     print(f"[{run.tool}, {cases} case(s)] {' '.join(run.cmd)}", flush=True)
     measurement = common.measure_command(run.cmd, env=run.env, cwd=layout.root, log_path=log_path)
     outputs = len(list(run.output.glob(f"*{FILE_ENDING}"))) if run.output.is_dir() else 0
@@ -195,19 +215,50 @@ def tool_row(tool: str, args: argparse.Namespace, full: tuple[Measurement, int, 
     return row
 
 
+def add_agreement_and_throughput(rows: list[dict[str, Any]], runs: dict, layout: WorkLayout,
+                                  args: argparse.Namespace, chosen: Sequence[str]) -> dict[str, Any]:
+    """Per-case Dice against ours in float32 (ours only: nnU-Net's weights differ) and the
+    achieved fraction of the CPU's matrix-product peak (every tool: the same network and windows)."""
+    reference = runs.get((OURS_FP32_TOOL, args.cases))
+    for row in rows:
+        if reference is not None and row["tool"] != NNUNET_TOOL:
+            agreement = engine_speed.dice_agreement(reference.output, runs[(row["tool"], args.cases)].output, FILE_ENDING)
+            row.update(dice_vs_fp32_min=agreement["min"], dice_vs_fp32_mean=agreement["mean"],
+                       dice_vs_fp32_per_case=agreement["per_case"])
+    plans = plans_path(OURS_TOOL, layout)
+    if plans is None:
+        return {}
+    from medseg_auto.planning.plans import Plans
+
+    identifier = Plans.load(plans).configuration(args.configuration).data_identifier
+    work = engine_speed.network_gflop_per_case(plans, args.configuration,
+                                               [layout.ours_output / identifier / f"{case}.npy" for case in chosen],
+                                               args.step, not args.no_mirroring)
+    peak = engine_speed.matmul_peak_gflops()
+    for row in rows:
+        seconds = row.get("s_per_case_after_startup") or row.get("s_per_case")
+        if seconds:
+            row["achieved_gflops"] = work["gflop_per_case"] / seconds
+            row["frac_bf16_peak"] = row["achieved_gflops"] / peak["peak_bf16_gflops"]
+            row["frac_fp32_peak"] = row["achieved_gflops"] / peak["peak_fp32_gflops"]
+    return {**work, **peak}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     layout = WorkLayout(args.work)
     cases = train_throughput.prepare_data(args, layout, need_ours=not args.skip_ours, need_nnunet=not args.skip_nnunet)
-    tools = ([] if args.skip_nnunet else [NNUNET_TOOL]) + ([] if args.skip_ours else [OURS_TOOL])
-    for tool in tools:
+    base_tools = ([] if args.skip_nnunet else [NNUNET_TOOL]) + ([] if args.skip_ours else [OURS_TOOL])
+    for tool in base_tools:
         ensure_model(tool, layout, args)
+    ours_variants = [] if args.skip_ours else [OURS_FP32_TOOL, *[ENGINE_TOOLS[name] for name in args.engines]]
+    tools = [*base_tools, *ours_variants]
     chosen = validation_cases(layout, cases, args.cases)
     sources = {args.cases: input_folder(layout, chosen)}
     if not args.no_startup_run:
         sources[1] = input_folder(layout, chosen[:1])
     runs = {(tool, count): predict_run(tool, layout, args, source,
-                                       layout.root / "predictions" / f"{tool.split()[0].replace('-', '')}_{count}")
+                                       layout.root / "predictions" / f"{slug(tool)}_{count}")
             for tool in tools for count, source in sources.items()}
     for run in runs.values():
         plan_preprocess.check_runs(run)
@@ -219,21 +270,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = [tool_row(tool, args, measured[(tool, args.cases)], measured.get((tool, 1))) for tool in tools]
     for row in rows:
         row["command"] = " ".join(runs[(row["tool"], args.cases)].cmd)
+    throughput = add_agreement_and_throughput(rows, runs, layout, args, chosen)
     by_tool = {row["tool"]: row for row in rows}
-    if len(by_tool) == 2:
-        ours, theirs = by_tool[OURS_TOOL], by_tool[NNUNET_TOOL]
-        ratios = {key: common.ratio(ours.get(key), theirs.get(key)) for key in RATIO_KEYS}
-        rows.append({"tool": "ratio ours/nnU-Net", **ratios})
-    metadata = {**train_throughput.run_metadata(args, cases, "predict_speed"), "predicted_cases": chosen}
+    if NNUNET_TOOL in by_tool:
+        for tool in (OURS_TOOL, *ours_variants):
+            if tool in by_tool:
+                ratios = {key: common.ratio(by_tool[tool].get(key), by_tool[NNUNET_TOOL].get(key)) for key in RATIO_KEYS}
+                rows.append({"tool": f"ratio {tool}/nnU-Net", **ratios})
+    metadata = {**train_throughput.run_metadata(args, cases, "predict_speed"), "predicted_cases": chosen,
+                "throughput": throughput}
     paths = common.write_results(layout.root, "predict_speed", rows, TABLE_COLUMNS, metadata)
 
     after_startup = "" if args.no_startup_run else (
         f"; s_per_case_after_startup = (wall of {args.cases} cases - wall of 1 case) / {args.cases - 1}")
     print(f"\nprediction, {DATASET_FOLDER} {args.configuration}, {args.cases} validation cases of fold 0, "
           f"mirroring {'off' if args.no_mirroring else 'on'}, step {args.step}, {args.num_processes} worker "
-          f"process(es) per tool, CPU.\ns_per_case = wall / cases (start-up included){after_startup}; memory: peak "
-          "summed RSS / PSS of the process tree; ratio: ours / nnU-Net (target <= 0.5 per case)\n")
+          f"process(es) per tool, CPU; ours without the OOD score.\ns_per_case = wall / cases (start-up included){after_startup}; memory: peak "
+          "summed RSS / PSS of the process tree; ratio: ours / nnU-Net (target <= 0.33 per case); dice_vs_fp32: per-case Dice against ours in float32 (target >= 0.99)\n")
     print(common.markdown_table(rows, TABLE_COLUMNS))
+    if throughput:
+        print(f"\nnetwork work: {throughput['gflop_per_case']:.1f} GFLOP per case ({throughput['windows_per_case']:.2f} "
+              f"windows x {throughput['views']} views x {throughput['gflop_per_window_view']:.2f} GFLOP); CPU peak "
+              f"(torch matmul, {throughput['threads']} threads): bf16 {throughput['peak_bf16_gflops']:.0f} GFLOP/s, "
+              f"fp32 {throughput['peak_fp32_gflops']:.0f} GFLOP/s")
     print(f"\n1-minute load average after the runs: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"results written to {paths['json'].parent}")
     ok = all(measurement.returncode == 0 and outputs == count

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg_auto.cli.common import HelpFormatter, add_home_argument, add_logging_arguments, resolve_home, start_log
+from medseg_auto.cli.executor_options import add_executor_arguments, executor_settings
 from medseg_auto.errors import MedsegError
 from medseg_auto.utils.logging_setup import configure_logging, get_logger
 
@@ -28,6 +29,8 @@ examples:
       --plans plans_cpu_small --trainers Base FeatureDiscrepancy --epochs 20 --iters-per-epoch 50
   medseg-auto experiment data-addition --base BUSI --novel STU --config 2d   # two datasets: merged first
   medseg-auto experiment leave-one-site-out BreastUS --config 2d --trainers Base Dispersive --epochs 20
+  medseg-auto experiment leave-one-site-out BreastUS --trainers Base Dispersive --executor slurm \\
+      --slurm-partition gpu --gpus-per-cell 1 --cpus-per-cell 8 -j 16   # every cell a SLURM job
 """
 
 DATA_ADDITION = """\
@@ -109,6 +112,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train and predict")
     parser.add_argument("--num-workers", type=int, default=None, help="data-loading processes per training")
     parser.add_argument("--out", type=Path, default=None, help="experiment folder (default under results/DATASET/experiments/)")
+    add_executor_arguments(parser)
     add_home_argument(parser)
     add_logging_arguments(parser)
 
@@ -147,6 +151,7 @@ def run_data_addition_command(args: argparse.Namespace) -> int:
         dataset=args.dataset, base_site=args.base, novel_site=args.novel, trainers=args.trainers, options=options,
         fractions=args.fractions, repeats=args.repeats, test_fraction=args.test_fraction,
         val_fraction=args.val_fraction, novel_test_fraction=args.novel_test_fraction, seed=args.seed, output=args.out,
+        executor=executor_settings(args),
     )
     experiment.check_request(request)  # before a merge: a typo in a trainer name should cost nothing
     dataset, base, novel = experiment.resolve_base_and_novel(home, args.dataset, args.base, args.novel,
@@ -167,6 +172,7 @@ def run_leave_one_site_out_command(args: argparse.Namespace) -> int:
     request = experiment.LeaveOneSiteOutRequest(
         dataset=home.find_dataset(args.dataset), trainers=args.trainers, options=_training_options(args),
         repeats=args.repeats, val_fraction=args.val_fraction, seed=args.seed, sites=args.sites, output=args.out,
+        executor=executor_settings(args),
     )
     folder = args.out or experiment.default_folder(home, request)
     log_file = start_log(folder, "experiment_leave_one_site_out", args)

@@ -20,7 +20,7 @@ COMMAND_MODULES = (
     "medseg_auto.cli.verify_command", "medseg_auto.cli.merge_command",
     "medseg_auto.cli.plan_command", "medseg_auto.cli.export_plans_command",
     "medseg_auto.cli.train_command", "medseg_auto.cli.trainers_command",
-    "medseg_auto.cli.predict_command",
+    "medseg_auto.cli.predict_command", "medseg_auto.cli.export_command",
     "medseg_auto.cli.evaluate_command", "medseg_auto.cli.compare_command",
     "medseg_auto.cli.feature_discrepancy_command",
     "medseg_auto.cli.find_best_command", "medseg_auto.cli.ensemble_command", "medseg_auto.cli.report_command",

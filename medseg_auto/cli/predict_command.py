@@ -26,6 +26,8 @@ examples:
   medseg-auto predict -i stu_images/ -o out_fda/ -d BreastUS -c 2d --fda-source BreastUS --fda-site busi
   medseg-auto predict -i new_scans/ -o out/ -d Hippocampus -c 3d_fullres --no-ood
   medseg-auto predict -i imagesTs/ -o out/ -m $nnUNet_results/Dataset004_Hippocampus/nnUNetTrainer__nnUNetPlans__3d_fullres
+  medseg-auto predict -i scans/ -o out/ -d Hippocampus -c 3d_fullres -num_parts 4 -part_id 0   # 1 of 4 jobs
+  torchrun --nproc_per_node 4 -m medseg_auto predict -i scans/ -o out/ -d Hippocampus -c 3d_fullres
 
 Input: a folder in raw-dataset naming (CASE_0000.ext, one file per channel) or plain files
 (one single-channel case each); output: one label file per case with the input's format,
@@ -61,6 +63,11 @@ It did NOT help where we measured it: a BUSI-trained model on the STU site lost 
 (README, "Prediction-time FDA"). Our inputs are z-scored per image, which already removes the
 brightness and contrast that FDA transfers; what is left in the low band of a small ultrasound
 image is the lesion itself. Use it only after checking it on labelled cases of the new site.
+
+Many cases, many processes: -num_parts N -part_id K predicts every N-th case of the sorted list
+from the K-th (nnU-Net's meaning; start N jobs with K = 0..N-1 on the same input and output).
+Under torchrun each rank takes its share (one GPU per rank when there are GPUs, gloo on CPU).
+Each part writes summary_parts/part_K_of_N.json; summary.json is merged once every part is done.
 """
 
 
@@ -91,6 +98,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="radius of the swapped low-frequency disc, as a fraction of the smaller image edge")
     parser.add_argument("--fda-donors", type=int, default=DEFAULT_DONORS, help="style donors per case")
     parser.add_argument("--fda-site", metavar="SITE", help="take donors only from this site of the FDA source")
+    parser.add_argument("-num_parts", "--num-parts", dest="num_parts", type=int, default=1,
+                        help="split the sorted cases into this many parts (one job each)")
+    parser.add_argument("-part_id", "--part-id", dest="part_id", type=int, default=0,
+                        help="the part this job predicts, 0 .. num_parts-1")
+    parser.add_argument("--engine", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
+                        help="what runs the network on the CPU (the sliding window, weighting and mirroring stay ours); "
+                             "auto: the fastest installed one when --no-ood, else torch (the OOD score needs torch's hooks)")
     parser.add_argument("--no-ood", action="store_true", help="no out-of-distribution score")
     parser.add_argument("--ood-percentile", type=float, default=DEFAULT_PERCENTILE,
                         help="OOD threshold: this percentile of the validation cases' leave-one-out scores")
@@ -101,7 +115,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from medseg_auto.inference.postprocessing import PostprocessingPlan
-    from medseg_auto.inference.predict import PredictionOptions, default_autocast, predict_folder, resolve_device
+    from medseg_auto.inference.prediction_job import start_job
+    from medseg_auto.inference.predict import PredictionOptions, default_autocast, predict_folder
 
     from medseg_auto.cli.option_checks import check_prediction_options
     from medseg_auto.inference.output_guard import check_prediction_folders
@@ -111,9 +126,16 @@ def run(args: argparse.Namespace) -> int:
     check_device_available(args.device)  # before the log: a refused run leaves no logs/ behind
     check_prediction_folders(args.input, args.output)
     home = resolve_home(args)
-    log_file = start_log(args.output, "predict", args)
+    job = start_job(args.num_parts, args.part_id, args.device)
+    log_file = start_log(args.output, job.log_name, args)
+    log.info("%s", job.describe())
     source = resolve_models(args, home)
     folder, models = source.folder, source.models
+    engine = _engine(args, job.device)
+    if engine != "torch":
+        from medseg_auto.inference.engines import engine_model
+
+        models = [engine_model(model, engine, fp32=args.fp32) for model in models]
     postprocess = None
     postprocessing_file = folder / "postprocessing.json"
     if postprocessing_file.is_file() and not args.no_postprocessing:
@@ -121,8 +143,9 @@ def run(args: argparse.Namespace) -> int:
         log.info("post-processing from %s: %s", postprocessing_file, postprocess.to_json())
     options = PredictionOptions(
         step_size=args.step, use_mirroring=not args.no_mirroring, save_probabilities=args.save_probabilities,
-        overwrite=args.overwrite, device=args.device, export_workers=args.num_processes,
-        show_progress=not args.no_progress, use_autocast=False if args.fp32 else None, uncertainty=not args.no_ood,
+        overwrite=args.overwrite, device=str(job.device), export_workers=args.num_processes,
+        show_progress=not args.no_progress and job.is_main, use_autocast=False if args.fp32 else None,
+        uncertainty=not args.no_ood, num_parts=job.shard.num_parts, part_id=job.shard.part_id,
     )
     fda = _fda_adapter(args, home, models) if args.fda_source else None
     started = time.perf_counter()
@@ -130,29 +153,51 @@ def run(args: argparse.Namespace) -> int:
     if source.is_nnunet and not args.no_ood:
         log.info("OOD scores need a reference from medseg_auto's training; none for an nnU-Net model (as --no-ood)")
         args.no_ood = True
-    if not args.no_ood:
+    if not args.no_ood and engine == "torch":
         from medseg_auto.inference.ood_references import make_scorer
 
-        device = resolve_device(args.device)
-        autocast = False if args.fp32 else default_autocast(device)
-        ood = make_scorer(models, folder, home.preprocessed / folder.parent.name, device, autocast, args.ood_percentile)
+        autocast = False if args.fp32 else default_autocast(job.device)
+        ood = make_scorer(models, folder, home.preprocessed / folder.parent.name, job.device, autocast,
+                          args.ood_percentile)
     log.info("predicting %s with %s (%s)", args.input, folder.name, ", ".join(m.name for m in models))
     report = predict_folder(args.input, args.output, models, None, options, postprocess, fda=fda, ood=ood)
     elapsed = time.perf_counter() - started
     summary = {
         "model": str(folder), "folds": [m.name for m in models], "checkpoint": args.checkpoint,
-        "mirroring": not args.no_mirroring, "step": args.step, "seconds": round(elapsed, 2),
+        "mirroring": not args.no_mirroring, "step": args.step, "engine": engine, "seconds": round(elapsed, 2),
         "predicted": report.predicted, "skipped_existing": report.skipped_existing, "failed": report.failed,
         "seconds_per_case": {k: round(v, 3) for k, v in report.seconds_per_case.items()}, "log": str(log_file),
         "fda": _fda_summary(args, fda, report) if fda is not None else None,
         "ood": _ood_summary(args, ood, report, fda is not None),
     }
-    if ood is not None or report.uncertainty:
-        _write_ood_table(args.output / OOD_TABLE, report.ood, [m.name for m in models], report.uncertainty)
-    write_json_atomic(args.output / "summary.json", summary)
+
+    def write_summary(final: dict) -> None:  # once per job: the merged summary when split (see .sharding)
+        cases = (final.get("ood") or {}).get("cases") or {}
+        if cases:
+            scores = {case: {k: v for k, v in entry.items() if k not in ("signals", "failure")}
+                      for case, entry in cases.items() if "score" in entry}
+            signals = {case: entry["signals"] for case, entry in cases.items() if "signals" in entry}
+            _write_ood_table(args.output / OOD_TABLE, scores, [m.name for m in models], signals)
+            if isinstance(final["ood"].get("failure"), dict):  # parts merged: recount over every case
+                final["ood"]["failure"]["likely_failed"] = sorted(
+                    case for case, entry in cases.items() if entry.get("failure", {}).get("flagged"))
+        write_json_atomic(args.output / "summary.json", final)
+
+    job.finish(args.output, summary, write_summary)
     log.info("%d predicted, %d kept, %d failed in %.1f s -> %s", len(report.predicted), len(report.skipped_existing),
              len(report.failed), elapsed, args.output)
     return 2 if report.failed else 0
+
+
+def _engine(args: argparse.Namespace, device) -> str:
+    from medseg_auto.inference.engines import resolve_engine
+
+    if args.engine == "auto" and not args.no_ood:
+        return "torch"
+    if args.engine not in ("auto", "torch") and not args.no_ood:
+        log.warning("--engine %s: no OOD score (it reads torch's feature hooks); pass --no-ood to silence this",
+                    args.engine)
+    return resolve_engine(args.engine, device)
 
 
 def _fda_adapter(args: argparse.Namespace, home, models):
@@ -183,6 +228,8 @@ def _ood_summary(args: argparse.Namespace, ood, report, with_fda: bool) -> dict:
 
     if args.no_ood:
         return {"skipped": "--no-ood"}
+    if args.engine not in ("auto", "torch"):
+        return {"skipped": f"--engine {args.engine} (the OOD score needs torch's feature hooks)"}
     cases = case_entries(report.ood, report.uncertainty)
     failure = {"signal": DEFAULT_SIGNAL, "threshold": DEFAULT_THRESHOLD,
                "likely_failed": sorted(case for case, entry in cases.items() if entry.get("failure", {}).get("flagged"))}

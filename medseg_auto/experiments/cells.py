@@ -238,31 +238,68 @@ def check_experiment_settings(folder: Path, identity: Mapping[str, Any], extra: 
     write_json_atomic(path, {"identity": identity, "last_request": dict(extra)})
 
 
+@dataclass
+class CellTask:
+    """One cell as a picklable task for :mod:`.executor` (runs in this process, a worker
+    process or a SLURM job alike); returns the cell's result row."""
+
+    data: ExperimentData
+    cell: Cell
+    options: TrainingOptions
+    folder: Path
+
+    @property
+    def key(self) -> str:
+        return self.cell.key
+
+    @property
+    def log_file(self) -> Path:
+        return self.folder / "logs" / "cell.txt"
+
+    def __call__(self) -> dict[str, Any]:
+        return run_cell(self.data, self.cell, self.options, self.folder)[0]
+
+
+class CellsFailed(MedsegError):
+    """Some cells raised; the others finished and keep their markers."""
+
+
 def run_cells(data: ExperimentData, cells: list[tuple[Cell, Path]], options: TrainingOptions,
-              on_progress: Any = None, show_progress: bool = True) -> list[dict[str, Any]]:
-    """Run (or skip, when done) every cell in order; after each one that ran,
+              on_progress: Any = None, show_progress: bool = True, executor: Any = None,
+              work_folder: Path | None = None) -> list[dict[str, Any]]:
+    """Run every cell without a done marker through ``executor`` (an
+    :class:`~.executor.ExecutorSettings`; default: here, in order); after each one that ran,
     ``on_progress(rows)`` gets the rows of every finished cell (to rewrite the tables).
 
-    Returns the result rows of all cells. An exception stops the experiment (finished cells
-    keep their markers; rerunning resumes with the cell that failed).
+    Returns the result rows of all cells, in the order given. A cell that raises is reported and
+    the others go on; then :class:`CellsFailed` names the failed cells (rerunning retries them,
+    finished cells are skipped). ``work_folder`` holds the executor's files (default: the
+    folder above ``cells/``).
     """
     from tqdm import tqdm
 
-    rows: list[dict[str, Any]] = []
-    skipped = 0
-    progress = tqdm(cells, desc="cells", unit="cell", disable=not show_progress)
-    for index, (cell, folder) in enumerate(progress, start=1):
-        progress.set_postfix_str(cell.key)
-        row, ran = run_cell(data, cell, options, folder)
-        rows.append(row)
-        if ran:
-            scores = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("dice_") and v is not None)
-            log.info("cell %d/%d %s: %s (%.0f s)", index, len(cells), cell.key, scores or "no test cases", row["seconds"])
-            if on_progress is not None:
-                on_progress([r for r in (read_done(f) for _, f in cells) if r is not None])
-        else:
-            skipped += 1
-    progress.close()
+    from medseg_auto.experiments.executor import ExecutorSettings, run_tasks
+
+    todo = [CellTask(data, cell, options, folder) for cell, folder in cells if read_done(folder) is None]
+    skipped = len(cells) - len(todo)
     if skipped:
-        log.info("%d of %d cell(s) were done already (done.json) and were not run again", skipped, len(cells))
-    return rows
+        log.info("%d of %d cell(s) were done already (done.json) and are not run again", skipped, len(cells))
+    progress = tqdm(total=len(todo), desc="cells", unit="cell", disable=not show_progress)
+    finished = 0
+
+    def on_result(key: str, row: dict[str, Any]) -> None:
+        nonlocal finished
+        finished += 1
+        progress.update()
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("dice_") and v is not None)
+        log.info("cell %d/%d %s: %s (%.0f s)", finished, len(todo), key, scores or "no test cases", row["seconds"])
+        if on_progress is not None:
+            on_progress([r for r in (read_done(f) for _, f in cells) if r is not None])
+
+    folder = work_folder if work_folder is not None else (cells[0][1].parents[2] if cells else Path("."))
+    outcome = run_tasks(todo, executor or ExecutorSettings(), folder, on_result)
+    progress.close()
+    if outcome.failures:
+        raise CellsFailed(f"{len(outcome.failures)} of {len(cells)} cell(s) failed ({', '.join(sorted(outcome.failures))}; "
+                          f"errors above and in {folder}); the others are done: rerun the same command to retry")
+    return [r for r in (read_done(f) for _, f in cells) if r is not None]

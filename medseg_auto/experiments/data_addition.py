@@ -22,6 +22,7 @@ from medseg_auto.errors import DatasetError, MedsegError
 from medseg_auto.experiments.cells import (
     Cell, ExperimentData, TrainingOptions, check_experiment_settings, run_cells, settings_hash,
 )
+from medseg_auto.experiments.executor import ExecutorSettings
 from medseg_auto.experiments.splits import (
     data_addition_from_json, data_addition_to_json, load_or_write_splits, make_data_addition_splits,
 )
@@ -52,6 +53,7 @@ class DataAdditionRequest:
     novel_test_fraction: float | None = None
     seed: int = 0
     output: Path | None = None
+    executor: ExecutorSettings | None = None  # where the cells run (default: here, one after another)
 
 
 @dataclass
@@ -160,6 +162,7 @@ def run_data_addition(home: DataHome, request: DataAdditionRequest, show_progres
     def write(rows: Sequence[dict[str, Any]], plot: bool = False) -> dict[str, Path]:
         return write_data_addition_results(rows, folder, settings, request.trainers, plot=plot)
 
-    rows = run_cells(data, cells, o, on_progress=write, show_progress=show_progress)
+    rows = run_cells(data, cells, o, on_progress=write, show_progress=show_progress,
+                     executor=request.executor, work_folder=folder)
     files = write(rows, plot=True)
     return ExperimentOutcome(folder, rows, files)

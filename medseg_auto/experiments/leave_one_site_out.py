@@ -16,6 +16,7 @@ from typing import Any, Sequence
 from medseg_auto.errors import MedsegError
 from medseg_auto.experiments.cells import Cell, ExperimentData, TrainingOptions, check_experiment_settings, run_cells, settings_hash
 from medseg_auto.experiments.data_addition import ExperimentOutcome
+from medseg_auto.experiments.executor import ExecutorSettings
 from medseg_auto.experiments.splits import (
     held_out_from_json, held_out_to_json, load_or_write_splits, make_leave_one_site_out_splits,
 )
@@ -40,6 +41,7 @@ class LeaveOneSiteOutRequest:
     seed: int = 0
     sites: list[str] | None = None
     output: Path | None = None
+    executor: ExecutorSettings | None = None  # where the cells run (default: here, one after another)
 
 
 def default_folder(home: DataHome, request: LeaveOneSiteOutRequest) -> Path:
@@ -92,5 +94,6 @@ def run_leave_one_site_out(home: DataHome, request: LeaveOneSiteOutRequest,
     def write(rows: Sequence[dict[str, Any]]) -> dict[str, Path]:
         return write_held_out_results(rows, folder, settings, sites, request.trainers)
 
-    rows = run_cells(data, cells, o, on_progress=write, show_progress=show_progress)
+    rows = run_cells(data, cells, o, on_progress=write, show_progress=show_progress,
+                     executor=request.executor, work_folder=folder)
     return ExperimentOutcome(folder, rows, write(rows))

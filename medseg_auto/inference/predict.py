@@ -59,6 +59,8 @@ class PredictionOptions:
     export_workers: int = 1
     show_progress: bool = True
     uncertainty: bool = False  # per-case uncertainty signals (inference/uncertainty.py) in report.uncertainty
+    num_parts: int = 1  # predict only part ``part_id`` of the sorted cases (see .sharding)
+    part_id: int = 0
 
 
 @dataclass
@@ -160,11 +162,16 @@ def predict_folder(
     device = resolve_device(options.device)
     for model in models:
         model.network.to(device).eval()
-    cases = find_input_cases(input_path, plans.num_input_channels)
+    all_cases = find_input_cases(input_path, plans.num_input_channels)
+    cases = all_cases
+    if options.num_parts > 1:
+        from medseg_auto.inference.sharding import Shard
+
+        cases = {case: all_cases[case] for case in Shard(options.num_parts, options.part_id).select(list(all_cases))}
     output_folder.mkdir(parents=True, exist_ok=True)
     targets = {case_id: safe_child(output_folder, f"{case_id}{file_ending or _ending_of(files[0])}")
                for case_id, files in cases.items()}
-    refuse_writing_over_inputs([f for files in cases.values() for f in files], targets.values())
+    refuse_writing_over_inputs([f for files in all_cases.values() for f in files], targets.values())
     remove_stale_temporaries(output_folder)
     ledger = CaseLedger(output_folder)
     report = PredictionReport()
