@@ -25,7 +25,7 @@ from torch import nn
 
 from medseg_auto.errors import MedsegError
 from medseg_auto.inference.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx_bytes
-from medseg_auto.inference.predict import LoadedModel
+from medseg_auto.inference.model_loading import LoadedModel
 from medseg_auto.utils.logging_setup import get_logger
 
 log = get_logger("inference.engines")
