@@ -43,7 +43,7 @@ from medseg_auto.training.hooks import DomainMethod, TrainingSettings
 from medseg_auto.training.progress import TRAINING_LOG, training_log_file
 from medseg_auto.training.registry import TrainerSpec, get_trainer
 from medseg_auto.training.run_checks import PREVIOUS_RUN_FOLDER, check_settings, has_earlier_run, set_aside_earlier_run  # noqa: F401
-from medseg_auto.training.sampled_sites import sampled_sites
+from medseg_auto.training.sampled_sites import sites_of
 from medseg_auto.training.network_registry import DEFAULT_NETWORK, available_networks
 from medseg_auto.training.trainer import Trainer, TrainingJob
 from medseg_auto.utils.atomic import read_json, write_json_atomic
@@ -327,7 +327,8 @@ def _final_validation(trainer: Trainer, data: FoldData, request: TrainRequest) -
         raw_dataset_folder=raw if raw.is_dir() else None, device=trainer.device,
         mirror_axes=trainer.mirror_axes, save_probabilities=request.save_probabilities,
         checkpoint_name=checkpoint_name, show_progress=request.show_progress,
-        reference_sites=sampled_sites(trainer.methods, trainer.job.train_case_ids, trainer.job.sites),
+        reference_sites=sites_of(trainer.sampled_case_ids or trainer.job.train_case_ids,
+                                 trainer.job.sites),
     ))
 
 

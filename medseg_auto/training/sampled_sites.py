@@ -42,7 +42,12 @@ def sampled_sites(methods: Sequence[DomainMethod], train_ids: Sequence[str],
         if sampler is not None:  # the first sampler wins, as in the trainer
             sampled = list(getattr(sampler, "case_ids", None) or train_ids)
             break
-    return sorted({sites.get(case) for case in sampled}, key=lambda site: (site is None, str(site)))
+    return sites_of(sampled, sites)
+
+
+def sites_of(case_ids: Sequence[str], sites: Mapping[str, str | None]) -> list[str | None]:
+    """The sites of ``case_ids``, sorted (``None``, no site, last)."""
+    return sorted({sites.get(case) for case in case_ids}, key=lambda site: (site is None, str(site)))
 
 
 def fold_training_sites(fold_folder: Path, train_ids: Sequence[str],

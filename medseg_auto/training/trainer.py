@@ -102,6 +102,7 @@ class Trainer:
             settings = method.configure(settings)
         self.settings = replace(settings, **dict(overrides or {}))
         self.current_epoch = 0
+        self.sampled_case_ids: list[str] | None = None  # set with the training loader
         self.best_ema = -math.inf
         self.progress = ProgressLog()
         self._set_up()
@@ -186,6 +187,8 @@ class Trainer:
         info = DatasetInfo(list(job.train_case_ids), {c: job.sites.get(c) for c in job.train_case_ids},
                            epoch=self.current_epoch, num_epochs=self.settings.num_epochs)
         sampler = _first(m.make_sampler(info) for m in self.methods)
+        # the cases batches are drawn from: the OOD reference keeps to their sites (training/sampled_sites.py)
+        self.sampled_case_ids = list(getattr(sampler, "case_ids", None) or job.train_case_ids)
         return make_training_loader(job.cache, job.train_case_ids, job.configuration, case_sampler=sampler,
                                     mirror_axes=self.mirror_axes, **self._loader_arguments())
 

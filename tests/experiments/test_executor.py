@@ -58,7 +58,7 @@ def test_a_failed_cell_is_reported_and_retried_on_rerun(two_site_home, monkeypat
     original = run_module.train_fold
 
     def fails_with_novel_cases(*args, **kwargs):
-        if "f1_" in args[3]:
+        if "f1_" in str(args[0].fold):
             raise RuntimeError("out of memory (simulated)")
         return original(*args, **kwargs)
 
@@ -72,7 +72,7 @@ def test_a_failed_cell_is_reported_and_retried_on_rerun(two_site_home, monkeypat
     calls = []
 
     def counting(*args, **kwargs):
-        calls.append(args[3])
+        calls.append(args[0].fold)
         return original(*args, **kwargs)
 
     monkeypatch.setattr(run_module, "train_fold", counting)

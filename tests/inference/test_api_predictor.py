@@ -28,7 +28,8 @@ def test_predictor_matches_the_cli(trained_syn2d_home, tmp_path) -> None:
     single.mkdir()
     (single / case_file.name).write_bytes(case_file.read_bytes())
     assert main(["predict", "-i", str(single), "-o", str(tmp_path / "out"), "-d", "Syn2d", "-c", "2d", "-f", "all",
-                 "--home", str(home.root), "--no-ood", "--device", "cpu", "--no-progress"]) == 0
+                 "--home", str(home.root), "--no-ood", "--device", "cpu", "--no-progress",
+                 "--engine", "torch"]) == 0  # the Predictor runs torch; --no-ood alone may choose OpenVINO
     from_cli, _ = read_segmentation(tmp_path / "out" / case_file.name.replace("_0000", ""))
 
     predictor = Predictor.from_trained("Syn2d", "2d", home=home, folds=["all"], device="cpu")
