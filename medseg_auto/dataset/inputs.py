@@ -45,20 +45,3 @@ def find_input_cases(input_path: Path, num_channels: int) -> dict[str, list[Path
         cases[case_id] = [channels[index] for index in indices]
     return cases
 
-
-def check_case_dimension(case_id: str, first_file: Path, dimension: int, config) -> None:
-    """Refuse a 2D image for a 3D model; log that a 2D model predicts a 3D volume slice by slice.
-
-    Why refuse: a 2D image given to a 3D model gets its dummy z-spacing (999) resampled to the
-    model's spacing (about a thousand slices): minutes of work and gigabytes for a meaningless
-    result. A 2D model on a volume is what nnU-Net allows, so it is kept, but said.
-    """
-    from medseg_auto.errors import ImageReadError
-    from medseg_auto.utils.logging_setup import get_logger
-
-    if dimension == 2 and not config.is_2d:
-        raise ImageReadError(
-            f"{first_file}: a 2D image, but configuration {config.name} is a 3D model; predict it with a 2d model"
-        )
-    if dimension == 3 and config.is_2d:
-        get_logger("inference").info("case %s: a 3D volume with the 2d model: predicted slice by slice", case_id)
