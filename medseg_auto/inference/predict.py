@@ -230,7 +230,7 @@ def _prefetch(reader: ThreadPoolExecutor, todo: dict, plans: Plans, config: Conf
 def _read_and_preprocess(item, plans: Plans, config: ConfigurationPlan):
     case_id, (files, _) = item
     try:
-        data, geometry = load_case_images(files, plans.num_input_channels, case_id)
+        data, geometry = load_case_images(files, plans.num_input_channels, case_id, convert_channels=True)
         data, _, properties = preprocess_case(data, None, geometry, plans, config, case_id, sample_locations=False)
         properties.geometry["file_ending"] = _ending_of(files[0])
         return data, properties
