@@ -99,6 +99,8 @@ class IterationTimer:
             try:
                 return train_step(trainer, batch)
             finally:
+                if torch.cuda.is_available() and torch.cuda.is_initialized():
+                    torch.cuda.synchronize()  # GPU work is asynchronous: time it, not its launch
                 record["step_s"] = time.perf_counter() - start
                 timer._current = None
                 timer.records.append(record)
@@ -234,7 +236,8 @@ def run_ours(args: argparse.Namespace, timer: IterationTimer) -> dict[str, Any]:
     def timed_loaders(trainer: Trainer) -> tuple[Any, Any]:
         train_loader, val_loader = make_loaders(trainer)
         timer.instrument(trainer.model, trainer.loss, trainer.optimizer)
-        info.update(precision="bf16 autocast" if trainer.cpu_bf16 else "fp32", threads=torch.get_num_threads(),
+        precision = ("fp16 AMP" if args.device == "cuda" else "bf16 autocast" if trainer.cpu_bf16 else "fp32")
+        info.update(precision=precision, threads=torch.get_num_threads(),
                     workers=trainer.settings.num_workers)
         return timer.timed_batches(train_loader), val_loader
 
@@ -246,7 +249,7 @@ def run_ours(args: argparse.Namespace, timer: IterationTimer) -> dict[str, Any]:
     overrides = {"batch_size": args.batch_size} if args.batch_size else None
     folder = training_run.train_fold(
         args.home, args.dataset, args.configuration, args.fold, epochs=args.epochs, iters_per_epoch=args.iterations,
-        val_iters_per_epoch=args.val_iterations, device="cpu", seed=args.seed, num_workers=args.num_workers,
+        val_iters_per_epoch=args.val_iterations, device=args.device, seed=args.seed, num_workers=args.num_workers,
         cpu_bf16=False if args.no_bf16 else None, settings_overrides=overrides,
     )
     return {**info, "output_folder": str(folder)}
@@ -273,7 +276,7 @@ def run_nnunet(args: argparse.Namespace, timer: IterationTimer) -> dict[str, Any
         plans["configurations"][args.configuration]["batch_size"] = args.batch_size
     dataset_json = load_json(str(folder / "dataset.json"))
     fold = args.fold if args.fold == "all" else int(args.fold)
-    trainer = nnUNetTrainer(plans, args.configuration, fold, dataset_json, device=torch.device("cpu"))
+    trainer = nnUNetTrainer(plans, args.configuration, fold, dataset_json, device=torch.device(args.device))
     trainer.num_epochs = args.epochs
     trainer.num_iterations_per_epoch = args.iterations
     trainer.num_val_iterations_per_epoch = args.val_iterations or max(1, round(args.iterations / 5))
@@ -297,7 +300,8 @@ def run_nnunet(args: argparse.Namespace, timer: IterationTimer) -> dict[str, Any
     nnUNetTrainer.validation_step = timer.wrap_validation_step(  # type: ignore[method-assign]
         nnUNetTrainer.validation_step)
     trainer.run_training()
-    return {"precision": "fp32", "threads": torch.get_num_threads(), "workers": get_allowed_n_proc_DA(),
+    return {"precision": "fp16 AMP" if args.device == "cuda" else "fp32", "threads": torch.get_num_threads(),
+            "workers": get_allowed_n_proc_DA(),
             "output_folder": trainer.output_folder}
 
 
@@ -315,6 +319,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-workers", type=int, default=None, help="ours: data-loading processes "
                         "(nnU-Net reads $nnUNet_n_proc_DA)")
     parser.add_argument("--no-bf16", action="store_true", help="ours: float32 on CPU")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="both tools: where to train (cuda: AMP in both)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: each tool's, all cores)")
     parser.add_argument("--seed", type=int, default=12345, help="ours: random seed")
     parser.add_argument("--plans", default="nnUNetPlans", help="nnU-Net: plans identifier")
