@@ -91,3 +91,31 @@ def test_import_folder_grey_stores_colour_images_as_luminance(tmp_path):
     stored = np.asarray(Image.open(folder / "imagesTr" / "a_0000.png"))
     assert stored.ndim == 2 and stored[0, 0] == round(0.299 * 200 + 0.587 * 100)
     assert DatasetSpec.load(folder).num_channels == 1
+
+
+def test_cross_validation_folds_keep_linked_cases_together_and_are_unchanged_without_links():
+    from medseg_auto.training.data.splits import make_splits
+
+    cases = [f"c{i:02d}" for i in range(30)]
+    assert make_splits(cases) == make_splits(cases, links=None)  # nnU-Net's KFold when nothing is linked
+    links = case_links(cases, duplicates=[["c00", "c01", "c02", "c03"]], groups={"c10": "p", "c20": "p"})
+    folds = make_splits(cases, links=links)
+    for group in (["c00", "c01", "c02", "c03"], ["c10", "c20"]):
+        homes = {index for index, fold in enumerate(folds) for case in group if case in fold["val"]}
+        assert len(homes) == 1
+    assert sorted(c for fold in folds for c in fold["val"]) == cases
+
+
+def test_training_splits_read_duplicates_from_the_verify_report(tmp_path):
+    import json
+
+    from medseg_auto.training.data.splits import dataset_links
+
+    preprocessed = tmp_path / "preprocessed" / "Dataset001_X"
+    raw = tmp_path / "raw" / "Dataset001_X"
+    preprocessed.mkdir(parents=True)
+    raw.mkdir(parents=True)
+    (preprocessed / "dataset.json").write_text(json.dumps({"groups": {"a": "p1", "b": "p1"}}))
+    (raw / "verify_report.json").write_text(json.dumps({"duplicates": {"near_clusters": [["c", "d"]]}}))
+    links = dataset_links(preprocessed, ["a", "b", "c", "d", "e"])
+    assert links == {"a": "a", "b": "a", "c": "c", "d": "c", "e": "e"}
