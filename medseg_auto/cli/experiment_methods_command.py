@@ -103,7 +103,7 @@ def run_methods_command(args: argparse.Namespace) -> int:
         duplicate_distance=DEFAULT_MAX_DISTANCE if args.duplicate_distance is None else args.duplicate_distance,
         jobs=args.jobs, output=args.out,
     )
-    experiment.check_request(request)  # a typo in a trainer name should cost nothing
+    experiment.check_request(request, quiet=True)  # a typo in a trainer name should cost nothing
     request.dataset = home.find_dataset(args.dataset)
     folder = args.out or experiment.default_folder(home, request)
     log_file = start_log(folder, "experiment_methods", args)

@@ -89,7 +89,7 @@ class MethodsRequest:
     output: Path | None = None
 
 
-def resolve_arms(trainers: Sequence[str], networks: Sequence[str] = ()) -> list[Arm]:
+def resolve_arms(trainers: Sequence[str], networks: Sequence[str] = (), quiet: bool = False) -> list[Arm]:
     """The arms in order: Base first, then the trainers as asked (``all`` expanded), then
     ``Base-NETWORK`` per network variant. Unknown names fail here, before any work."""
     from medseg_auto.training.network_registry import available_networks
@@ -100,7 +100,8 @@ def resolve_arms(trainers: Sequence[str], networks: Sequence[str] = ()) -> list[
         if name == ALL:
             skipped = [t for t in available_trainers() if t in NOT_IN_ALL]
             names += [t for t in available_trainers() if t not in NOT_IN_ALL]
-            log.info("--trainers all leaves out %s", "; ".join(f"{t} ({NOT_IN_ALL[t]})" for t in skipped))
+            if not quiet:
+                log.info("--trainers all leaves out %s", "; ".join(f"{t} ({NOT_IN_ALL[t]})" for t in skipped))
         else:
             get_trainer(name)
             names.append(name)
@@ -120,7 +121,7 @@ def default_folder(home: DataHome, request: MethodsRequest) -> Path:
     return home.results_dataset(request.dataset) / "experiments" / f"methods__{o.configuration}__{o.plans_name}"
 
 
-def check_request(request: MethodsRequest) -> list[Arm]:
+def check_request(request: MethodsRequest, quiet: bool = False) -> list[Arm]:
     """Fail fast on impossible numbers and unknown names; return the arms."""
     if not request.trainers:
         raise MedsegError("name at least one trainer (--trainers), or 'all'")
@@ -133,7 +134,7 @@ def check_request(request: MethodsRequest) -> list[Arm]:
         raise MedsegError(f"-j must be at least 1, got {request.jobs}")
     if request.options.checkpoint not in ("best", "final"):
         raise MedsegError(f"checkpoint must be 'best' or 'final', got {request.options.checkpoint!r}")
-    return resolve_arms(request.trainers, request.networks)
+    return resolve_arms(request.trainers, request.networks, quiet)
 
 
 def external_folders(home: DataHome, names: Sequence[str], training_dataset: str) -> dict[str, Path]:
