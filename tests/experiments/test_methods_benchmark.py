@@ -110,3 +110,13 @@ def test_all_trainers_leave_out_the_ones_needing_inputs():
     assert names[0] == "Base" and "Base-disseg" in names and "Dispersive" in names
     assert not set(NOT_IN_ALL) & set(names)
     assert [a for a in arms if a.name == "Base-disseg"][0].network == "disseg"
+
+
+def test_methods_runs_cells_in_parallel_processes(benchmark_home):
+    out = benchmark_home.root / "parallel"
+    argv = ["experiment", "methods", "Syn2d", "--trainers", "Base", "--seeds", "0", "1", "-j", "2",
+            "--out", str(out), "--home", str(benchmark_home.root), *ARGS]
+    assert main(argv) == 0
+    results = pd.read_csv(out / "results.csv")
+    assert sorted(results["seed"]) == [0, 1] and results["dice_in_domain"].between(0, 1).all()
+    assert not list(out.glob("cells/*/*/failed.json"))
