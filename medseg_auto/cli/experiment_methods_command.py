@@ -42,7 +42,9 @@ examples:
   # every registered from-scratch trainer plus the network variants, 4 cells at a time on a GPU node
   medseg-auto experiment methods BreastUS --train-sites busi --test-datasets STU Hospital3 \\
       --trainers all --networks disseg catenorm --seeds 0 1 2 -j 4
-  # resume (same command), then read the table
+  # resume (same command); tables of what is finished, without running anything
+  medseg-auto experiment methods BUSI --test-datasets STU -p plans_cpu_coarse --trainers all --seeds 0 1 2 \
+      --epochs 6 --iters-per-epoch 50 --report-only
   cat medseg_auto_data/results/Dataset501_BUSI/experiments/methods__2d__plans_cpu_coarse/leaderboard.md
 """
 
@@ -77,6 +79,8 @@ def register_methods(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("-j", "--jobs", type=int, default=1, help="cells run in parallel processes")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train and predict")
     parser.add_argument("--num-workers", type=int, default=None, help="data-loading processes per training")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run no cell: rewrite the tables from the finished cells (e.g. while another call runs)")
     parser.add_argument("--out", type=Path, default=None, help="experiment folder (default under results/DATASET/experiments/)")
     add_home_argument(parser)
     add_logging_arguments(parser)
@@ -101,7 +105,7 @@ def run_methods_command(args: argparse.Namespace) -> int:
         test_datasets=args.test_datasets, train_sites=args.train_sites, test_fraction=args.test_fraction,
         val_fraction=args.val_fraction, split_seed=args.split_seed,
         duplicate_distance=DEFAULT_MAX_DISTANCE if args.duplicate_distance is None else args.duplicate_distance,
-        jobs=args.jobs, output=args.out,
+        jobs=args.jobs, output=args.out, report_only=args.report_only,
     )
     experiment.check_request(request, quiet=True)  # a typo in a trainer name should cost nothing
     request.dataset = home.find_dataset(args.dataset)

@@ -87,6 +87,7 @@ class MethodsRequest:
     duplicate_distance: int = DEFAULT_MAX_DISTANCE
     jobs: int = 1
     output: Path | None = None
+    report_only: bool = False
 
 
 def resolve_arms(trainers: Sequence[str], networks: Sequence[str] = (), quiet: bool = False) -> list[Arm]:
@@ -221,6 +222,9 @@ def run_methods(home: DataHome, request: MethodsRequest, show_progress: bool = T
     todo = [(cell, path, arm) for cell, path, arm in cells if read_done(path) is None]
     log.info("methods benchmark in %s: %d arm(s) x %d seed(s) = %d cell(s), %d to run, %d job(s)", folder, len(arms),
              len(request.seeds), len(cells), len(todo), request.jobs)
+    if request.report_only:
+        log.info("--report-only: no cell is run; tables from the %d finished cell(s)", len(cells) - len(todo))
+        todo = []
     failures = _run_all(home, data, todo, o, request.jobs, write, show_progress)
     files = write()
     rows = [row for row in (read_done(path) for _, path, _ in cells) if row is not None]

@@ -93,6 +93,10 @@ def test_methods_benchmark_end_to_end_with_rgb_external_set(benchmark_home, caps
 
     monkeypatch.setattr(cells_module, "_train", forbidden)
     assert main(argv) == 0
+    # --report-only with a new seed: nothing runs, the tables stay those of the finished cells
+    (out / "leaderboard.md").unlink()
+    assert main(argv[:argv.index("--seeds")] + ["--seeds", "0", "1", "2", "--report-only"] + argv[argv.index("--out"):]) == 0
+    assert "cells finished: 4 of 6" in (out / "leaderboard.md").read_text()
 
 
 def test_methods_rejects_training_dataset_as_external_and_unknown_trainer(benchmark_home):
