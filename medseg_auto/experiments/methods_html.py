@@ -56,7 +56,7 @@ def _site_bars(table: pd.DataFrame, arms: Sequence[str]) -> Any:
     plt = _pyplot()
     groups = list(dict.fromkeys(zip(table["test_set"], table["site"])))
     present = [arm for arm in arms if arm in set(table["arm"])]
-    figure, axis = plt.subplots(figsize=(max(6.0, 0.35 * len(groups) * len(present) + 2), 4.5))
+    figure, axis = plt.subplots(figsize=(max(7.0, 0.3 * len(groups) * len(present) + 3), 4.5))
     width = 0.8 / max(1, len(present))
     for index, arm in enumerate(present):
         rows = {(r["test_set"], r["site"]): r for r in table[table["arm"] == arm].to_dict("records")}
@@ -65,7 +65,7 @@ def _site_bars(table: pd.DataFrame, arms: Sequence[str]) -> Any:
         axis.bar(np.arange(len(groups)) + (index - (len(present) - 1) / 2) * width, means, width, yerr=errors,
                  capsize=2, label=arm)
     axis.set_xticks(range(len(groups)))
-    axis.set_xticklabels([f"{t}\n{s}" for t, s in groups])
+    axis.set_xticklabels([f"{'in-domain' if t == 'in_domain' else t}\n{s}" for t, s in groups], fontsize=8)
     axis.set_ylabel("foreground Dice (mean over seeds)")
     axis.set_ylim(0, 1)
     axis.grid(axis="y", alpha=0.3)
