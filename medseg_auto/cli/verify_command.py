@@ -90,6 +90,11 @@ def _duplicates(spec: DatasetSpec, args: argparse.Namespace, logger: logging.Log
                 "%d case(s) with a near duplicate in %d cluster(s) (%d redundant)", report.method, distance,
                 exact_cases, len(report.exact), report.num_duplicate_cases, len(report.near),
                 report.num_redundant_cases)
+    if report.label_conflicts:
+        shown = "; ".join(" vs ".join(c["cases"]) for c in report.label_conflicts[:WARNING_CASES_SHOWN])
+        logger.warning("warning: %d duplicate pair(s) with disagreeing label maps (one empty, or foreground Dice < 0.5): %s%s",
+                       len(report.label_conflicts), shown,
+                       " ..." if len(report.label_conflicts) > WARNING_CASES_SHOWN else "")
     for cluster in report.near[:WARNING_CASES_SHOWN]:
         logger.warning("warning: near-duplicate cases: %s", ", ".join(cluster))
     if len(report.near) > WARNING_CASES_SHOWN:

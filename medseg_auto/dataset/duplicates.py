@@ -11,7 +11,9 @@ Why: a duplicated image in both the training and the test split makes in-domain 
   most ``max_distance`` bits are near duplicates (the same picture re-saved, rescaled, slightly
   cropped or re-compressed; measured on BUSI: see the README).
 
-Duplicate pairs are merged transitively into clusters (union-find). :func:`case_links` joins
+Duplicate pairs are merged transitively into clusters (union-find); a duplicate whose label map
+disagrees with its cluster's first case (one mask empty and the other not, or foreground Dice
+< 0.5 after resizing a rescaled copy's mask) is listed as a label conflict. :func:`case_links` joins
 those clusters with the dataset's optional ``groups`` map (case -> patient, beside ``sites``)
 so that a split can keep every linked case on the same side.
 """
@@ -33,6 +35,8 @@ from medseg_auto.utils.parallel import parallel_map
 #: pairs at 0, 2, 4, 6, 8, 10) and the pairs looked at up to 10 show the same scene (re-saved
 #: frames of one examination); from 12 on the counts rise with unrelated images (22, 57 at 12, 14).
 DEFAULT_MAX_DISTANCE = 8
+#: Duplicate images whose label maps overlap less than this (foreground Dice) are label conflicts.
+LABEL_AGREEMENT_DICE = 0.5
 log = get_logger("dataset.duplicates")
 
 
@@ -46,6 +50,7 @@ class DuplicateReport:
     exact: list[list[str]] = field(default_factory=list)
     near: list[list[str]] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
+    label_conflicts: list[dict] = field(default_factory=list)
 
     @property
     def num_duplicate_cases(self) -> int:
@@ -62,7 +67,8 @@ class DuplicateReport:
                 "exact_clusters": self.exact, "near_clusters": self.near,
                 "num_exact_cases": sum(len(c) for c in self.exact),
                 "num_duplicate_cases": self.num_duplicate_cases,
-                "num_redundant_cases": self.num_redundant_cases, "unreadable": self.unreadable}
+                "num_redundant_cases": self.num_redundant_cases, "unreadable": self.unreadable,
+                "label_conflicts": self.label_conflicts}
 
 
 def perceptual_hash_method() -> str:
@@ -112,9 +118,56 @@ def find_duplicates(spec: DatasetSpec, max_distance: int = DEFAULT_MAX_DISTANCE,
     """Hash every training case of ``spec`` and cluster exact and near duplicates."""
     cases = spec.training_cases(require_labels=False)
     hashed = parallel_map(_hash_case, [(case,) for case in cases], num_processes, "hash images", show_progress)
-    return cluster_hashes({case: (exact, phash) for case, exact, phash in hashed if exact is not None},
-                          max_distance, perceptual_hash_method(),
-                          unreadable=sorted(case for case, exact, _ in hashed if exact is None))
+    report = cluster_hashes({case: (exact, phash) for case, exact, phash in hashed if exact is not None},
+                            max_distance, perceptual_hash_method(),
+                            unreadable=sorted(case for case, exact, _ in hashed if exact is None))
+    labels = {case.case_id: case.label for case in cases if case.label is not None}
+    report.label_conflicts = label_conflicts(report.near, labels)
+    return report
+
+
+def label_conflicts(clusters: Sequence[Sequence[str]], label_files: Mapping[str, object],
+                    min_dice: float = LABEL_AGREEMENT_DICE) -> list[dict]:
+    """Pairs of duplicate images whose label maps disagree: the first case of each cluster
+    against every other. A conflict: one map empty and the other not, or a foreground Dice
+    below ``min_dice`` (2D maps of other sizes are compared after a nearest-neighbour resize, as
+    near duplicates are often rescaled copies; 3D maps of other shapes only by emptiness)."""
+    from medseg_auto.dataset.image_io import read_segmentation
+
+    conflicts = []
+    for cluster in clusters:
+        if cluster[0] not in label_files:
+            continue
+        first, _ = read_segmentation(label_files[cluster[0]])
+        for other in cluster[1:]:
+            if other not in label_files:
+                continue
+            second, _ = read_segmentation(label_files[other])
+            dice = _foreground_dice(first, _fit_shape(second, first.shape))
+            if (first.any() != second.any()) or (dice is not None and dice < min_dice):
+                conflicts.append({"cases": [cluster[0], other], "label_dice": dice,
+                                  "empty": [not first.any(), not second.any()]})
+    return conflicts
+
+
+def _fit_shape(label: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """``label (Z, Y, X)`` at ``shape``: as is, resized (nearest) when 2D, else None."""
+    if label.shape == shape:
+        return label
+    if label.shape[0] != 1 or shape[0] != 1:
+        return None
+    from PIL import Image
+
+    resized = Image.fromarray(label[0].astype(np.int32)).resize((shape[2], shape[1]), Image.Resampling.NEAREST)
+    return np.asarray(resized)[None]
+
+
+def _foreground_dice(first: np.ndarray, second: np.ndarray | None) -> float | None:
+    if second is None:
+        return None
+    a, b = first > 0, second > 0
+    total = int(a.sum() + b.sum())
+    return 1.0 if total == 0 else float(2 * np.logical_and(a, b).sum() / total)
 
 
 def cluster_hashes(hashes: Mapping[str, tuple[str, int]], max_distance: int, method: str,

@@ -119,3 +119,17 @@ def test_training_splits_read_duplicates_from_the_verify_report(tmp_path):
     (raw / "verify_report.json").write_text(json.dumps({"duplicates": {"near_clusters": [["c", "d"]]}}))
     links = dataset_links(preprocessed, ["a", "b", "c", "d", "e"])
     assert links == {"a": "a", "b": "a", "c": "c", "d": "c", "e": "e"}
+
+
+def test_label_conflicts_flag_a_lesion_against_an_empty_mask_and_accept_a_rescaled_copy(tmp_path):
+    from medseg_auto.dataset.duplicates import label_conflicts
+
+    mask = np.zeros((20, 20), np.uint8)
+    mask[5:12, 5:12] = 1
+    Image.fromarray(mask).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "empty.png")
+    Image.fromarray(np.kron(mask, np.ones((2, 2), np.uint8))).save(tmp_path / "big.png")  # rescaled copy
+    files = {name: tmp_path / f"{name}.png" for name in ("a", "empty", "big")}
+    conflicts = label_conflicts([["a", "big", "empty"]], files)
+    assert [c["cases"] for c in conflicts] == [["a", "empty"]]
+    assert conflicts[0]["empty"] == [False, True]
