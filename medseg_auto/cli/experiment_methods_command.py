@@ -39,9 +39,9 @@ examples:
   # train on BUSI, test in domain and on STU (never trained on); 3 seeds, 300 iterations per cell
   medseg-auto experiment methods BUSI --test-datasets STU -p plans_cpu_coarse \\
       --trainers Base FeatureDiscrepancy Dispersive --seeds 0 1 2 --epochs 6 --iters-per-epoch 50
-  # every registered from-scratch trainer plus the network variants, 4 cells at a time on a GPU node
+  # every registered from-scratch trainer, the network variants and prediction-time FDA, 4 cells at a time
   medseg-auto experiment methods BreastUS --train-sites busi --test-datasets STU Hospital3 \\
-      --trainers all --networks disseg catenorm --seeds 0 1 2 -j 4
+      --trainers all --networks disseg catenorm --fda --seeds 0 1 2 -j 4
   # resume (same command); tables of what is finished, without running anything
   medseg-auto experiment methods BUSI --test-datasets STU -p plans_cpu_coarse --trainers all --seeds 0 1 2 \
       --epochs 6 --iters-per-epoch 50 --report-only
@@ -62,6 +62,9 @@ def register_methods(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("--networks", nargs="+", default=[], metavar="NETWORK",
                         help="network variants, each an extra arm 'Base-NETWORK' (e.g. disseg catenorm)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (same splits for all)")
+    parser.add_argument("--fda", action="store_true",
+                        help="add the arm Base+FDA: each seed's Base model predicting the external sets with "
+                             "prediction-time FDA towards the training dataset (as predict --fda-source)")
     parser.add_argument("--config", default="2d", help="configuration to train")
     parser.add_argument("-p", "--plans", default="plans", help="plans name (preprocessed/NAME/PLANS.json)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs per cell (default: the trainer's)")
@@ -105,7 +108,7 @@ def run_methods_command(args: argparse.Namespace) -> int:
         test_datasets=args.test_datasets, train_sites=args.train_sites, test_fraction=args.test_fraction,
         val_fraction=args.val_fraction, split_seed=args.split_seed,
         duplicate_distance=DEFAULT_MAX_DISTANCE if args.duplicate_distance is None else args.duplicate_distance,
-        jobs=args.jobs, output=args.out, report_only=args.report_only,
+        jobs=args.jobs, output=args.out, report_only=args.report_only, fda=args.fda,
     )
     experiment.check_request(request, quiet=True)  # a typo in a trainer name should cost nothing
     request.dataset = home.find_dataset(args.dataset)

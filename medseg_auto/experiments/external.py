@@ -23,9 +23,10 @@ from medseg_auto.utils.logging_setup import get_logger
 log = get_logger("experiments.external")
 
 
-def score_external(model, raw_folder: Path, output: Path, device: str) -> dict[str, Any]:
+def score_external(model, raw_folder: Path, output: Path, device: str, fda=None) -> dict[str, Any]:
     """Predict every ``imagesTr`` case of the raw dataset ``raw_folder`` with ``model`` (a
-    :class:`~medseg_auto.inference.predict.LoadedModel`) and score it; return the summary dict."""
+    :class:`~medseg_auto.inference.predict.LoadedModel`; ``fda``: an optional
+    :class:`~medseg_auto.inference.fda_donors.FdaAdapter`) and score it; return the summary dict."""
     from medseg_auto.evaluation.evaluate import evaluate_folders
     from medseg_auto.evaluation.writing import write_evaluation
     from medseg_auto.inference.predict import PredictionOptions, predict_folder
@@ -33,7 +34,7 @@ def score_external(model, raw_folder: Path, output: Path, device: str) -> dict[s
     spec = DatasetSpec.load(raw_folder)
     output.mkdir(parents=True, exist_ok=True)
     options = PredictionOptions(device=device, show_progress=False, export_workers=1)
-    report = predict_folder(raw_folder / "imagesTr", output, [model], None, options)
+    report = predict_folder(raw_folder / "imagesTr", output, [model], None, options, fda=fda)
     if report.failed:
         shown = "; ".join(f"{case}: {error}" for case, error in list(report.failed.items())[:3])
         raise MedsegError(f"{raw_folder}: {len(report.failed)} external case(s) failed to predict ({shown})")

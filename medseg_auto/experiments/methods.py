@@ -12,7 +12,8 @@ on one side, so no test image has a copy in training. Every case of every extern
 Arms: each trainer (``all``: every registered trainer that trains from scratch without extra
 inputs, see :data:`NOT_IN_ALL`) with the default network, plus Base with each network variant
 (``networks``, arm name ``Base-NETWORK`` as in the results folder). Base is always an arm: it
-is the reference of the paired statistics.
+is the reference of the paired statistics. ``fda``: one more arm, ``Base+FDA``: each seed's
+Base model predicting the external sets with prediction-time FDA (:mod:`.fda_arm`).
 
 Cells (:mod:`.cells`): one per arm and seed, all seeds on the same splits (so per-case
 differences pair up), ordered seed by seed (every arm's seed 0 first), so a run stopped early
@@ -88,6 +89,7 @@ class MethodsRequest:
     jobs: int = 1
     output: Path | None = None
     report_only: bool = False
+    fda: bool = False
 
 
 def resolve_arms(trainers: Sequence[str], networks: Sequence[str] = (), quiet: bool = False) -> list[Arm]:
@@ -173,8 +175,11 @@ def draw_splits(data: ExperimentData, case_ids: Sequence[str], request: MethodsR
 
 
 def build_cells(arms: Sequence[Arm], seeds: Sequence[int], splits: dict[str, list[str]],
-                externals: dict[str, Path], digest: str, folder: Path) -> list[tuple[Cell, Path, Arm]]:
-    """Every arm x seed, seed by seed."""
+                externals: dict[str, Path], digest: str, folder: Path,
+                fda: bool = False) -> list[tuple[Cell, Path, Arm]]:
+    """Every arm x seed, seed by seed; with ``fda`` the ``Base+FDA`` cell right after Base's."""
+    from medseg_auto.experiments.fda_arm import FDA_ARM, fda_cell
+
     cells = []
     for seed in seeds:
         for arm in arms:
@@ -182,7 +187,11 @@ def build_cells(arms: Sequence[Arm], seeds: Sequence[int], splits: dict[str, lis
                         train_ids=splits["train"], val_ids=splits["val"], test_sets={IN_DOMAIN: splits["test"]},
                         seed=seed, info={"arm": arm.name, "network": arm.network},
                         external_sets={name: str(path) for name, path in externals.items()})
-            cells.append((cell, folder / "cells" / arm.name / f"seed{seed}", arm))
+            path = folder / "cells" / arm.name / f"seed{seed}"
+            cells.append((cell, path, arm))
+            if fda and arm.name == BASE and externals:
+                cells.append((fda_cell(cell, path, folder / "cells" / FDA_ARM / f"seed{seed}"),
+                              folder / "cells" / FDA_ARM / f"seed{seed}", Arm(FDA_ARM, BASE)))
     return cells
 
 
@@ -212,12 +221,13 @@ def run_methods(home: DataHome, request: MethodsRequest, show_progress: bool = T
     log.info("%s: %d training, %d validation, %d in-domain test case(s); external: %s", data.dataset_name,
              len(splits["train"]), len(splits["val"]), len(splits["test"]),
              ", ".join(f"{name} (all cases)" for name in externals) or "none")
-    cells = build_cells(arms, request.seeds, splits, externals, settings_hash(identity), folder)
+    cells = build_cells(arms, request.seeds, splits, externals, settings_hash(identity), folder, request.fda)
     settings = {**identity, "n_train": len(splits["train"]), "n_val": len(splits["val"]),
                 "n_test": len(splits["test"]), "seeds": list(request.seeds)}
 
     def write() -> dict[str, Path]:
-        return write_methods_results(folder, [(cell, path) for cell, path, _ in cells], [a.name for a in arms], settings)
+        names = list(dict.fromkeys(arm.name for _, _, arm in cells)) or [a.name for a in arms]
+        return write_methods_results(folder, [(cell, path) for cell, path, _ in cells], names, settings)
 
     todo = [(cell, path, arm) for cell, path, arm in cells if read_done(path) is None]
     log.info("methods benchmark in %s: %d arm(s) x %d seed(s) = %d cell(s), %d to run, %d job(s)", folder, len(arms),
@@ -247,6 +257,8 @@ def _run_all(home: DataHome, data: ExperimentData, todo: list[tuple[Cell, Path, 
             write()
         return failures
     threads = max(1, (os.cpu_count() or 1) // jobs)
+    after = [(cell, path, arm) for cell, path, arm in todo if "fda_of" in cell.info]  # need their Base cell
+    todo = [item for item in todo if "fda_of" not in item[0].info]
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
         futures = {pool.submit(run_methods_cell, home, data.dataset_name, cell, replace(options, network=arm.network),
                                path, threads): cell.key for cell, path, arm in todo}
@@ -256,6 +268,8 @@ def _run_all(home: DataHome, data: ExperimentData, todo: list[tuple[Cell, Path, 
             if error:
                 failures.append(futures[future])
             write()
+    if after:
+        failures += _run_all(home, data, after, options, 1, write, show_progress)
     return failures
 
 
@@ -274,7 +288,12 @@ def run_methods_cell(home: DataHome, dataset: str, cell: Cell, options: Training
     try:
         if data is None:
             data = ExperimentData.load(home, dataset, options.configuration, options.plans_name)
-        row, _ = run_cell(data, cell, options, folder)
+        if "fda_of" in cell.info:
+            from medseg_auto.experiments.fda_arm import run_fda_cell
+
+            row = run_fda_cell(data, cell, options, folder)
+        else:
+            row, _ = run_cell(data, cell, options, folder)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as error:  # one broken method must not stop the benchmark

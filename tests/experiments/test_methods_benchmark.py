@@ -116,11 +116,18 @@ def test_all_trainers_leave_out_the_ones_needing_inputs():
     assert [a for a in arms if a.name == "Base-disseg"][0].network == "disseg"
 
 
-def test_methods_runs_cells_in_parallel_processes(benchmark_home):
+def test_methods_runs_cells_in_parallel_processes_with_an_fda_arm(benchmark_home):
     out = benchmark_home.root / "parallel"
-    argv = ["experiment", "methods", "Syn2d", "--trainers", "Base", "--seeds", "0", "1", "-j", "2",
-            "--out", str(out), "--home", str(benchmark_home.root), *ARGS]
+    argv = ["experiment", "methods", "Syn2d", "--trainers", "Base", "--seeds", "0", "1", "-j", "2", "--fda",
+            "--test-datasets", "ExtRGB", "--out", str(out), "--home", str(benchmark_home.root), *ARGS]
     assert main(argv) == 0
-    results = pd.read_csv(out / "results.csv")
-    assert sorted(results["seed"]) == [0, 1] and results["dice_in_domain"].between(0, 1).all()
     assert not list(out.glob("cells/*/*/failed.json"))
+    results = pd.read_csv(out / "results.csv")
+    base = results[results["arm"] == "Base"]
+    assert sorted(base["seed"]) == [0, 1] and base["dice_in_domain"].between(0, 1).all()
+    fda = results[results["arm"] == "Base+FDA"]
+    assert sorted(fda["seed"]) == [0, 1] and fda["dice_ExtRGB"].between(0, 1).all()
+    assert set(fda["fold_folder"]) == set(base["fold_folder"])  # the same models, predicted with FDA
+    board = pd.read_csv(out / "leaderboard.csv")
+    row = board[(board["arm"] == "Base+FDA") & (board["test_set"] == "ExtRGB") & (board["site"] == "all")].iloc[0]
+    assert row["n_pairs"] == 4 and not (board["arm"].eq("Base+FDA") & board["test_set"].eq("in_domain")).any()
