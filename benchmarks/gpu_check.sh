@@ -59,8 +59,8 @@ run_step() {  # NAME LIMIT_S COMMAND...: run with a time limit, log, record fail
 }
 
 if [[ " $STEPS " == *" train "* ]]; then
-  run_step train 170 "$PY" benchmarks/train_throughput.py --device cuda --skip-fp32 -c 2d 3d_fullres \
-      --batch-size 2d=plan 3d_fullres=plan --epochs 3 --iterations 40 --val-iterations 2 \
+  run_step train 150 "$PY" benchmarks/train_throughput.py --device cuda --skip-fp32 -c 2d 3d_fullres \
+      --batch-size 2d=plan 3d_fullres=plan --epochs 2 --iterations 30 --val-iterations 1 \
       --num-workers "$WORKERS" --threads 2 --data "$DATA/hippocampus" --nnunet-venv "$NNUNET_VENV" \
       --work "$WORK/train_throughput"
   [ -f "$WORK/train_throughput/train_throughput.json" ] && "$PY" - "$WORK/train_throughput/train_throughput.json" >> "$SUMMARY" <<'EOF'
@@ -78,12 +78,12 @@ EOF
 fi
 
 if [[ " $STEPS " == *" predict "* ]]; then
-  run_step predict 150 "$PY" benchmarks/predict_speed.py --device cuda -c 3d_fullres --cases 20 -np 4 \
+  run_step predict 120 "$PY" benchmarks/predict_speed.py --device cuda -c 3d_fullres --cases 10 -np 4 \
       --data "$DATA/hippocampus" --nnunet-venv "$NNUNET_VENV" --work "$WORK/predict_speed"
   [ -f "$WORK/predict_speed/predict_speed.json" ] && "$PY" - "$WORK/predict_speed/predict_speed.json" >> "$SUMMARY" <<'EOF'
 import json, sys
 rows = json.load(open(sys.argv[1]))["rows"]
-print("## Prediction (3d_fullres, 20 cases, mirroring)\n\n| tool | s/case | s/case after start-up |\n|---|---:|---:|")
+print("## Prediction (3d_fullres, 10 cases, mirroring)\n\n| tool | s/case | s/case after start-up |\n|---|---:|---:|")
 for r in rows:
     after = r.get("s_per_case_after_startup")
     print(f"| {r['tool']} | {r.get('s_per_case', 0):.3f} | {'' if after is None else f'{after:.3f}'} |")
