@@ -157,6 +157,17 @@ def external_folders(home: DataHome, names: Sequence[str], training_dataset: str
     return folders
 
 
+def _check_external_labels(data: ExperimentData, externals: dict[str, Path]) -> None:
+    """An external set is scored with its own labels, so they must be the training dataset's."""
+    from medseg_auto.dataset.dataset_json import DatasetSpec
+
+    for name, folder in externals.items():
+        labels = DatasetSpec.load(folder).labels
+        if sorted(labels.values()) != sorted(data.spec.labels.values()):
+            raise MedsegError(f"{folder / 'dataset.json'}: labels {labels} differ from the training dataset's "
+                              f"{data.spec.labels}; an external test set needs the same label values")
+
+
 def draw_splits(data: ExperimentData, case_ids: Sequence[str], request: MethodsRequest,
                 folder: Path) -> dict[str, list[str]]:
     """Train / validation / in-domain test lists, keeping duplicates and patients together."""
@@ -203,6 +214,7 @@ def run_methods(home: DataHome, request: MethodsRequest, show_progress: bool = T
     o = request.options
     data = ExperimentData.load(home, request.dataset, o.configuration, o.plans_name)
     externals = external_folders(home, request.test_datasets, data.dataset_name)
+    _check_external_labels(data, externals)
     known_sites = sorted({str(site) for site in data.sites.values()})
     unknown = sorted(set(request.train_sites or []) - set(known_sites))
     if unknown:

@@ -131,3 +131,12 @@ def test_methods_runs_cells_in_parallel_processes_with_an_fda_arm(benchmark_home
     board = pd.read_csv(out / "leaderboard.csv")
     row = board[(board["arm"] == "Base+FDA") & (board["test_set"] == "ExtRGB") & (board["site"] == "all")].iloc[0]
     assert row["n_pairs"] == 4 and not (board["arm"].eq("Base+FDA") & board["test_set"].eq("in_domain")).any()
+
+
+def test_methods_refuses_an_external_set_with_other_labels(benchmark_home):
+    from medseg_auto.dataset.synthetic import make_synthetic_dataset
+
+    make_synthetic_dataset(benchmark_home, "Ext3d", dimension=3, cases_per_site=1)  # labels 0, 1, 2
+    argv = ["experiment", "methods", "Syn2d", "--test-datasets", "Ext3d", "--home", str(benchmark_home.root),
+            "--out", str(benchmark_home.root / "labels"), *ARGS]
+    assert main(argv) == 2
