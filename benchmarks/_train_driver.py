@@ -100,6 +100,8 @@ class IterationTimer:
             try:
                 return train_step(trainer, batch)
             finally:
+                if torch.cuda.is_available() and torch.cuda.is_initialized():
+                    torch.cuda.synchronize()  # GPU work is asynchronous: time it, not its launch
                 record["step_s"] = time.perf_counter() - start
                 timer._current = None
                 timer.records.append(record)
@@ -238,8 +240,8 @@ def run_ours(args: argparse.Namespace, timer: IterationTimer) -> dict[str, Any]:
         def loaders(self) -> tuple[Any, Any]:
             train_loader, val_loader = super().loaders()
             timer.instrument(self.model, self.loss, self.optimizer)
-            info.update(precision="bf16 autocast" if self.cpu_bf16 else "fp32", threads=torch.get_num_threads(),
-                        workers=self.settings.num_workers)
+            precision = "fp16 AMP" if args.device == "cuda" else "bf16 autocast" if self.cpu_bf16 else "fp32"
+            info.update(precision=precision, threads=torch.get_num_threads(), workers=self.settings.num_workers)
             return timer.timed_batches(train_loader), val_loader
 
         def train_step(self, batch: Any) -> Any:
@@ -252,7 +254,7 @@ def run_ours(args: argparse.Namespace, timer: IterationTimer) -> dict[str, Any]:
              "val_iterations_per_epoch": args.val_iterations, "num_workers": args.num_workers,
              "cpu_bf16": False if args.no_bf16 else None, "batch_size": args.batch_size or None}
     folder = train_fold(TrainRequest(
-        args.home, args.dataset, args.configuration, args.fold, device="cpu", seed=args.seed,
+        args.home, args.dataset, args.configuration, args.fold, device=args.device, seed=args.seed,
         settings={name: value for name, value in named.items() if value is not None},
         final_validation=args.final_validation, trainer_class=TimedTrainer,
     ))
@@ -280,7 +282,7 @@ def run_nnunet(args: argparse.Namespace, timer: IterationTimer) -> dict[str, Any
         plans["configurations"][args.configuration]["batch_size"] = args.batch_size
     dataset_json = load_json(str(folder / "dataset.json"))
     fold = args.fold if args.fold == "all" else int(args.fold)
-    trainer = nnUNetTrainer(plans, args.configuration, fold, dataset_json, device=torch.device("cpu"))
+    trainer = nnUNetTrainer(plans, args.configuration, fold, dataset_json, device=torch.device(args.device))
     trainer.num_epochs = args.epochs
     trainer.num_iterations_per_epoch = args.iterations
     trainer.num_val_iterations_per_epoch = args.val_iterations or max(1, round(args.iterations / 5))
@@ -304,7 +306,8 @@ def run_nnunet(args: argparse.Namespace, timer: IterationTimer) -> dict[str, Any
     nnUNetTrainer.validation_step = timer.wrap_validation_step(  # type: ignore[method-assign]
         nnUNetTrainer.validation_step)
     trainer.run_training()
-    return {"precision": "fp32", "threads": torch.get_num_threads(), "workers": get_allowed_n_proc_DA(),
+    return {"precision": "fp16 AMP" if args.device == "cuda" else "fp32", "threads": torch.get_num_threads(),
+            "workers": get_allowed_n_proc_DA(),
             "output_folder": trainer.output_folder}
 
 
@@ -322,6 +325,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-workers", type=int, default=None, help="ours: data-loading processes "
                         "(nnU-Net reads $nnUNet_n_proc_DA)")
     parser.add_argument("--no-bf16", action="store_true", help="ours: float32 on CPU")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="both tools: where to train (cuda: AMP in both)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: each tool's, all cores)")
     parser.add_argument("--seed", type=int, default=12345, help="ours: random seed")
     parser.add_argument("--plans", default="nnUNetPlans", help="nnU-Net: plans identifier")

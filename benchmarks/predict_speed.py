@@ -79,6 +79,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-np", "--num-processes", type=int, default=1,
                         help="worker processes: ours -np, nnU-Net -npp and -nps")
     parser.add_argument("--train-iterations", type=int, default=2, help="iterations of the one training epoch")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where both tools train and predict")
     parser.add_argument("--retrain", action="store_true", help="train the models again even if they exist")
     parser.add_argument("--no-startup-run", action="store_true",
                         help="skip the one-case runs (no s_per_case_after_startup, no startup_s)")
@@ -123,7 +124,7 @@ def ensure_model(tool: str, layout: WorkLayout, args: argparse.Namespace) -> Non
     result = layout.root / "driver" / f"train_{tool.split()[0].replace('-', '')}.json"
     cmd, env = train_throughput.driver_run(tool, layout, args.configuration, args.nnunet_venv, result, epochs=1,
                                            iterations=args.train_iterations, val_iterations=1,
-                                           num_workers=train_throughput.default_workers())
+                                           num_workers=train_throughput.default_workers(), device=args.device)
     log_path = layout.logs / f"train_{tool.split()[0].replace('-', '')}.log"
     print(f"training a model with {tool} (not timed): {' '.join(cmd)}", flush=True)
     measurement = common.measure_command(cmd, env=env, cwd=layout.root, log_path=log_path)
@@ -168,13 +169,13 @@ def predict_run(tool: str, layout: WorkLayout, args: argparse.Namespace, source:
     if tool == NNUNET_TOOL:
         program = [str(common.nnunet_command(common.nnunet_venv(args.nnunet_venv), "nnUNetv2_predict"))]
         cmd = [*program, "-i", str(source), "-o", str(target), "-d", str(DATASET_ID), "-c", args.configuration,
-               "-f", "0", "-tr", "nnUNetTrainer", "-p", "nnUNetPlans", "-step_size", str(args.step), "-device", "cpu",
+               "-f", "0", "-tr", "nnUNetTrainer", "-p", "nnUNetPlans", "-step_size", str(args.step), "-device", args.device,
                "-npp", workers, "-nps", workers, "--disable_progress_bar"]
         cmd += ["--disable_tta"] if args.no_mirroring else []
         return ToolRun(tool, cmd, [*program, "-h"], layout.nnunet_env(), target)
     program = [*common.ours_command(), "predict"]
     cmd = [*program, "-i", str(source), "-o", str(target), "-d", DATASET_NAME, "-c", args.configuration, "-f", "0",
-           "--step", str(args.step), "-np", workers, "--device", "cpu", "--home", str(layout.ours_home),
+           "--step", str(args.step), "-np", workers, "--device", args.device, "--home", str(layout.ours_home),
            "--no-progress"]
     cmd += ["--no-mirroring"] if args.no_mirroring else []
     engine = next((name for name, label in ENGINE_TOOLS.items() if label == tool), "torch")

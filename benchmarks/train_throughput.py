@@ -110,6 +110,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="torch threads of the training process, the same for both tools (all cores is what "
                              "both do on CPU; 1 avoids OpenMP threads spinning on a shared machine)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where both tools train (cuda: both use AMP; pass --skip-fp32 there)")
 
 
 def default_workers() -> int:
@@ -183,10 +185,12 @@ def raw_dataset_matches(layout: WorkLayout, cases: Sequence[str]) -> bool:
 
 def driver_run(tool: str, layout: WorkLayout, configuration: str, nnunet_venv: Path, result: Path, *, epochs: int,
                iterations: int, val_iterations: int, num_workers: int, batch_size: int | None = None,
-               threads: int | None = None, extra: Sequence[str] = ()) -> tuple[list[str], dict[str, str]]:
+               threads: int | None = None, extra: Sequence[str] = (),
+               device: str = "cpu") -> tuple[list[str], dict[str, str]]:
     """Command and environment that train fold 0 of ``configuration`` with ``tool`` under the driver."""
     options = ["--configuration", configuration, "--fold", "0", "--epochs", str(epochs), "--iterations",
-               str(iterations), "--val-iterations", str(val_iterations), "--result", str(result), *extra]
+               str(iterations), "--val-iterations", str(val_iterations), "--result", str(result), "--device", device,
+               *extra]
     if batch_size:
         options += ["--batch-size", str(batch_size)]
     if threads:
@@ -285,7 +289,8 @@ def measure_configuration(configuration: str, args: argparse.Namespace, layout: 
         result_path = layout.root / "driver" / f"{configuration}_{tool.replace(' ', '_').replace('-', '')}.json"
         cmd, env = driver_run(tool, layout, configuration, args.nnunet_venv, result_path, epochs=args.epochs,
                               iterations=args.iterations, val_iterations=args.val_iterations,
-                              num_workers=args.num_workers, batch_size=batch_size, threads=args.threads)
+                              num_workers=args.num_workers, batch_size=batch_size, threads=args.threads,
+                              device=args.device)
         measurement, result, load_before = measure_driver(f"{configuration} {tool}", cmd, env, layout, result_path)
         shapes = (result or {}).get("batch_shapes", {}).get("data")
         rows.append({

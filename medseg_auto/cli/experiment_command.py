@@ -69,7 +69,7 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("experiment", help="data-addition and leave-one-site-out experiments",
+    parser = subparsers.add_parser("experiment", help="data-addition, leave-one-site-out and method-benchmark experiments",
                                    description=DESCRIPTION, formatter_class=HelpFormatter)
     kinds = parser.add_subparsers(dest="experiment", metavar="EXPERIMENT")
     addition = kinds.add_parser("data-addition", help="add fractions of a novel site to a base site",
@@ -91,6 +91,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     held_out.add_argument("--sites", nargs="+", default=None, help="held-out sites to run (default: every site)")
     _add_common(held_out)
     held_out.set_defaults(handler=run_leave_one_site_out_command)
+    from medseg_auto.cli.experiment_methods_command import register_methods
+
+    register_methods(kinds)
     parser.set_defaults(handler=lambda args: (parser.print_help(), 1)[1])
 
 

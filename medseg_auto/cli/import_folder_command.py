@@ -18,7 +18,8 @@ from medseg_auto.utils.logging_setup import configure_logging
 DESCRIPTION = """\
 Import 2D images (PNG, JPEG, BMP, TIFF) and their masks as raw/DatasetNNN_NAME with .png files.
 
-Images are written greyscale, or RGB (channels R, G, B) if any image is truly colour. Masks:
+Images are written greyscale, or RGB (channels R, G, B) if any image is truly colour (--grey:
+always greyscale, colour images as luminance). Masks:
 0/255 becomes 0/1, label maps 0..K are kept, anti-aliased 0..255 masks are thresholded at 127.
 Case ids are the image names with spaces and brackets replaced by '_', prefixed by --site.
 
@@ -37,6 +38,7 @@ examples:
   medseg-auto import-folder --images ../shared/data/stu_bus/images --masks ../shared/data/stu_bus/masks \\
       --name BUSI --site stu --append --resize-masks --mask-pattern 'mask_{n}'
   medseg-auto import-folder --images photos/ --masks labels/ --name Polyps --mask-pattern '{stem}_seg'
+  medseg-auto import-folder --images hospital3/ --name Hospital3 --site h3 --grey   # RGB exports stored grey
 """
 
 
@@ -59,6 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="resize masks of another size than their image (nearest), then threshold at 127")
     parser.add_argument("--append", action="store_true", help="add the cases to the existing dataset NAME")
     parser.add_argument("--channel-name", default="image", help="name of the channel of greyscale images")
+    parser.add_argument("--grey", action="store_true",
+                        help="store every image greyscale (colour images as luminance 0.299 R + 0.587 G + 0.114 B)")
     add_processes_argument(parser)
     add_home_argument(parser)
     add_logging_arguments(parser)
@@ -75,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             home, Path(args.images), Path(args.masks) if args.masks else None, args.name, site=args.site,
             mask_pattern=args.mask_pattern, resize_masks=args.resize_masks, append=args.append,
             num_processes=args.num_processes, dataset_id=args.dataset_id, channel_name=args.channel_name,
-            show_progress=not args.no_progress,
+            show_progress=not args.no_progress, grey=args.grey,
         )
     except BaseException:
         configure_logging(None, verbose=args.verbose)  # close the log file so the folder can go

@@ -14,9 +14,17 @@ from medseg_auto.dataset.image_io import (
 from medseg_auto.errors import DatasetError, GeometryMismatchError, LabelValueError
 
 
-def load_case_images(image_files, num_channels: int, case_id: str) -> tuple[np.ndarray, ImageGeometry]:
-    """Read a case's channels; check the channel count and that no value is NaN or infinite."""
+def load_case_images(image_files, num_channels: int, case_id: str,
+                     convert_channels: bool = False) -> tuple[np.ndarray, ImageGeometry]:
+    """Read a case's channels; check the channel count and that no value is NaN or infinite.
+
+    ``convert_channels`` (prediction on external data): fit RGB to grey or grey to N channels
+    with a logged warning (:func:`~medseg_auto.dataset.channels.fit_channels`) instead of refusing."""
     data, geometry = read_case_images(image_files)
+    if convert_channels and data.shape[0] != num_channels:
+        from medseg_auto.dataset.channels import fit_channels
+
+        data = fit_channels(data, num_channels, str(image_files[0]))
     if data.shape[0] != num_channels:
         raise DatasetError(
             f"{image_files[0]}: case '{case_id}' has {data.shape[0]} channel(s), dataset.json "

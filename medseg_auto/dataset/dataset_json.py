@@ -2,7 +2,9 @@
 
 Layout: ``imagesTr/CASE_XXXX.ext`` (one file per channel, XXXX = 4-digit channel index),
 ``labelsTr/CASE.ext``, optional ``imagesTs/``. medseg_auto adds one optional key,
-``"sites": {"CASE": "SITE"}``, naming the hospital or scanner of each case; nnU-Net ignores it.
+``"sites": {"CASE": "SITE"}``, naming the hospital or scanner of each case, and one optional
+key ``"groups": {"CASE": "PATIENT"}`` naming cases of one patient (experiment splits keep a
+group on one side); nnU-Net ignores both.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class DatasetSpec:
     file_ending: str
     sites: dict[str, str] = field(default_factory=dict)
     raw: dict = field(default_factory=dict)
+    groups: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -103,6 +106,9 @@ class DatasetSpec:
         sites = payload.get("sites", {}) or {}
         if not isinstance(sites, dict):
             raise DatasetError(f"{json_path}: 'sites' must map case names to site names")
+        groups = payload.get("groups", {}) or {}
+        if not isinstance(groups, dict):
+            raise DatasetError(f"{json_path}: 'groups' must map case names to patient (group) names")
         return cls(
             folder=folder,
             channel_names=channel_names,
@@ -111,6 +117,7 @@ class DatasetSpec:
             file_ending=str(payload["file_ending"]),
             sites={str(k): str(v) for k, v in sites.items()},
             raw=payload,
+            groups={str(k): str(v) for k, v in groups.items()},
         )
 
     def save(self) -> None:

@@ -114,6 +114,7 @@ class Cell:
     test_sets: dict[str, list[str]]
     seed: int
     info: dict[str, Any] = field(default_factory=dict)
+    external_sets: dict[str, str] = field(default_factory=dict)
 
 
 def settings_hash(payload: Mapping[str, Any]) -> str:
@@ -148,6 +149,12 @@ def run_cell(data: ExperimentData, cell: Cell, options: TrainingOptions, cell_fo
         _write_case_feature_discrepancy(data, model, case_ids, cell_folder / f"test_{name}", options.device)
         mean = summary.get("foreground_mean", {})
         row.update({f"dice_{name}": mean.get("dice"), f"iou_{name}": mean.get("iou"), f"n_{name}": len(case_ids)})
+    for name, raw_folder in cell.external_sets.items():
+        from medseg_auto.experiments.external import score_external
+
+        summary = score_external(model, Path(raw_folder), cell_folder / f"test_{name}", options.device)
+        mean = summary.get("foreground_mean", {})
+        row.update({f"dice_{name}": mean.get("dice"), f"iou_{name}": mean.get("iou"), f"n_{name}": summary.get("num_cases")})
     row.update(checkpoint=checkpoint, fold_folder=str(fold_folder), seconds=round(time.perf_counter() - started, 1))
     write_json_atomic(cell_folder / DONE_MARKER, {"cell": cell.key, "tag": cell.tag, "row": row})
     return row, True

@@ -60,6 +60,43 @@ def split_off(case_ids: Sequence[str], fraction: float, seed: int,
     return sorted(held), sorted(kept)
 
 
+def split_off_linked(case_ids: Sequence[str], fraction: float, seed: int, strata: Mapping[str, str | None],
+                     links: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """``(held, kept)`` like :func:`split_off`, but linked cases (``links``: case -> link id, e.g.
+    duplicates or one patient's images, see :func:`medseg_auto.dataset.duplicates.case_links`)
+    always land on the same side.
+
+    Per stratum (site of the link's first case) the links are shuffled with ``seed`` and taken
+    whole until ``round(fraction * n)`` cases of the stratum are held (so the held share can
+    overshoot by one link's size). Both lists sorted.
+    """
+    ordered = sorted(case_ids)
+    if fraction <= 0:
+        return [], ordered
+    members: dict[str, list[str]] = {}
+    for case in ordered:
+        members.setdefault(links.get(case, case), []).append(case)
+    by_stratum: dict[str, list[str]] = {}
+    for link, cases in sorted(members.items()):
+        by_stratum.setdefault(str(strata.get(cases[0])), []).append(link)
+    rng = np.random.default_rng(seed)
+    held: list[str] = []
+    for stratum in sorted(by_stratum):
+        link_ids = by_stratum[stratum]
+        target = round_count(fraction, sum(len(members[link]) for link in link_ids))
+        taken = 0
+        for index in rng.permutation(len(link_ids)):
+            if taken >= max(target, 1):
+                break
+            held += members[link_ids[index]]
+            taken += len(members[link_ids[index]])
+    if len(held) >= len(ordered):
+        raise ExperimentSplitError(f"cannot hold out {fraction:.0%} of {len(ordered)} case(s) in linked groups: "
+                                   "every case would be held out")
+    held_set = set(held)
+    return sorted(held_set), [case for case in ordered if case not in held_set]
+
+
 def round_count(fraction: float, total: int) -> int:
     """``fraction * total`` rounded half up (so 0.5 of 3 is 2, as a reader would expect)."""
     return int(math.floor(fraction * total + 0.5))

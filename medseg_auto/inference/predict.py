@@ -267,7 +267,7 @@ def _prefetch(reader: ThreadPoolExecutor, todo: dict, plans: Plans, config: Conf
 def _read_and_preprocess(item, plans: Plans, config: ConfigurationPlan):
     case_id, (files, _) = item
     try:
-        data, geometry = load_case_images(files, plans.num_input_channels, case_id)
+        data, geometry = load_case_images(files, plans.num_input_channels, case_id, convert_channels=True)
         check_case_dimension(case_id, files[0], geometry.dimension, config)
         data, _, properties = preprocess_case(data, None, geometry, plans, config, case_id, sample_locations=False)
         properties.geometry["file_ending"] = _ending_of(files[0])

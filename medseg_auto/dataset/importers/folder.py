@@ -66,6 +66,7 @@ def import_folder(
     dataset_id: int | None = None,
     channel_name: str = "image",
     show_progress: bool = True,
+    grey: bool = False,
 ) -> DatasetSpec:
     """Import 2D images and masks into ``home/raw/DatasetNNN_<name>`` and return its spec.
 
@@ -73,6 +74,7 @@ def import_folder(
     prefixes case ids and fills dataset.json's ``sites``; ``resize_masks`` resizes masks of
     another size than their image (nearest) before thresholding at 127; ``append`` adds the
     cases to an existing dataset of that name. ``channel_name`` names a greyscale channel.
+    ``grey`` stores every image greyscale (colour images as luminance, 0.299 R + 0.587 G + 0.114 B).
     """
     if isinstance(mask_pattern, str):
         mask_pattern = [mask_pattern]
@@ -86,11 +88,14 @@ def import_folder(
         _check_can_append(existing, cases)
     resized = _check_mask_sizes(cases, resize_masks)
     force_rgb = existing is not None and existing.num_channels == 3
+    if grey and force_rgb:
+        raise DatasetError(f"{existing.folder}: holds RGB images; --grey cannot append greyscale ones to it")
     targets = [path for case_id in cases for path in _case_files(folder, case_id)]
     logger.info("importing %d case(s) from %s into %s%s", len(cases), images_dir, folder,
                 f" ({resized} mask(s) to resize)" if resized else "")
     try:
-        arguments = [(case_id, pair.image, pair.mask, folder, resize_masks, force_rgb) for case_id, pair in cases.items()]
+        arguments = [(case_id, pair.image, pair.mask, folder, resize_masks, force_rgb, grey)
+                     for case_id, pair in cases.items()]
         results = parallel_map(_convert_case, arguments, num_processes, "import", show_progress)
         _raise_case_errors(results)
         rgb = force_rgb or _make_all_rgb_if_any_colour(results, cases, folder, existing, num_processes, show_progress)
@@ -183,11 +188,14 @@ def _header_size(path: Path) -> tuple[int, int]:
 
 
 def _convert_case(
-    case_id: str, image_path: Path, mask_path: Path, folder: Path, resize_masks: bool, force_rgb: bool
+    case_id: str, image_path: Path, mask_path: Path, folder: Path, resize_masks: bool, force_rgb: bool,
+    grey: bool = False,
 ) -> ConvertedCase:
     """Worker: read, convert and write one case; errors are returned so all can be listed."""
     try:
         image, geometry = read_image_file(image_path)
+        if grey and image.shape[0] > 1:
+            image = _grey(image)
         colour = image.shape[0] > 1 and not all(np.array_equal(image[0], image[c]) for c in range(1, image.shape[0]))
         image_file, label_file = _case_files(folder, case_id)
         _write_png_image(_as_rgb(image) if (colour or force_rgb) else image[:1], geometry, image_file)
@@ -223,6 +231,17 @@ def _write_png_image(image: np.ndarray, geometry: ImageGeometry, path: Path) -> 
 def _rewrite_as_rgb(image_path: Path, image_file: Path) -> None:
     image, geometry = read_image_file(image_path)
     _write_png_image(_as_rgb(image), geometry, image_file)
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    """``(1, 1, Y, X)`` luminance of a colour image, in the input's integer type when it has one."""
+    from medseg_auto.dataset.channels import luminance
+
+    grey = luminance(image)
+    if np.issubdtype(image.dtype, np.integer):
+        info = np.iinfo(image.dtype)
+        return np.clip(np.rint(grey), info.min, info.max).astype(image.dtype)
+    return grey
 
 
 def _as_rgb(image: np.ndarray) -> np.ndarray:

@@ -6,6 +6,11 @@ Without sites (or with one site) the folds are nnU-Net v2's exactly: sklearn
 published nnU-Net results. With two or more sites the folds are ``StratifiedKFold`` by site
 (same seed), so every fold's validation set holds cases of every site that has enough of them:
 a per-site validation Dice then exists for every fold.
+
+Linked cases (near-duplicate images found by ``medseg-auto verify``, or one patient's cases in
+the optional ``groups`` map of ``dataset.json``) must not sit in a fold's training and
+validation sets at once: with links the folds are sklearn's ``StratifiedGroupKFold`` (same
+seed, stratified by site, one group = one linked set). Without links nothing changes.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-from sklearn.model_selection import KFold, StratifiedKFold
+from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
 
 from medseg_auto.errors import DatasetError
 from medseg_auto.utils.atomic import read_json, write_json_atomic
@@ -34,8 +39,12 @@ def make_splits(
     sites: Mapping[str, str | None] | None = None,
     n_folds: int = DEFAULT_N_FOLDS,
     seed: int = DEFAULT_SEED,
+    links: Mapping[str, str] | None = None,
 ) -> list[Split]:
     """Return ``n_folds`` splits ``[{"train": [...], "val": [...]}, ...]`` (ids sorted in each list).
+
+    ``links`` (case -> link id, :func:`medseg_auto.dataset.duplicates.case_links`): cases with
+    one link id always share a fold (see the module docstring).
 
     ``sites`` maps case id to site; cases it does not name form one extra "no site" group.
     Stratification needs at least two groups and at least one group with ``n_folds`` cases
@@ -50,7 +59,15 @@ def make_splits(
         )
     indices = np.arange(len(ordered))
     groups = _site_groups(ordered, sites)
-    if _can_stratify(groups, n_folds):
+    linked = [str((links or {}).get(case, case)) for case in ordered]
+    if len(set(linked)) < len(ordered):
+        if len(set(linked)) < n_folds:
+            raise DatasetError(f"{len(set(linked))} groups of linked cases cannot be split into {n_folds} folds")
+        splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            fold_indices = list(splitter.split(indices, groups, linked))
+    elif _can_stratify(groups, n_folds):
         splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
         with warnings.catch_warnings():
             # sklearn warns when a site has fewer cases than folds; spreading it is what we want.
@@ -79,7 +96,8 @@ def load_or_create_splits(
     """
     path = Path(preprocessed_dataset_folder) / SPLITS_FILE_NAME
     if not path.is_file():
-        splits = make_splits(case_ids, sites, n_folds=n_folds, seed=seed)
+        links = dataset_links(Path(preprocessed_dataset_folder), case_ids)
+        splits = make_splits(case_ids, sites, n_folds=n_folds, seed=seed, links=links)
         write_json_atomic(path, splits)
         return splits
     splits = _parse_splits(path)
@@ -106,6 +124,28 @@ def fold_cases(splits: Sequence[Split], fold: int | str) -> tuple[list[str], lis
     if not 0 <= index < len(splits):
         raise DatasetError(f"fold {index} does not exist: the splits have folds 0..{len(splits) - 1} and 'all'")
     return list(splits[index]["train"]), list(splits[index]["val"])
+
+
+def dataset_links(preprocessed_dataset_folder: Path, case_ids: Sequence[str]) -> dict[str, str] | None:
+    """Links from the ``groups`` map of the preprocessed ``dataset.json`` and the near-duplicate
+    clusters of the raw dataset's ``verify_report.json`` (written by ``medseg-auto verify``;
+    nothing is hashed here, so training never pays for it). None when neither exists."""
+    from medseg_auto.dataset.duplicates import case_links
+
+    groups = (read_json_or_empty(preprocessed_dataset_folder / "dataset.json").get("groups") or {})
+    raw_report = preprocessed_dataset_folder.parent.parent / "raw" / preprocessed_dataset_folder.name / "verify_report.json"
+    clusters = (read_json_or_empty(raw_report).get("duplicates") or {}).get("near_clusters") or []
+    if not groups and not clusters:
+        return None
+    return case_links(list(case_ids), clusters, {str(k): str(v) for k, v in groups.items()})
+
+
+def read_json_or_empty(path: Path) -> dict:
+    try:
+        payload = read_json(path) if path.is_file() else {}
+    except ValueError:
+        return {}
+    return payload if isinstance(payload, dict) else {}
 
 
 def _site_groups(ordered: Sequence[str], sites: Mapping[str, str | None] | None) -> list[str]:

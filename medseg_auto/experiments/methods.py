@@ -1,0 +1,320 @@
+"""The method benchmark: every trainer x seed trained on one dataset, tested in domain and on
+external datasets it never saw, compared with Base case by case (``experiment methods``).
+
+Splits (drawn once, ``splits.json``): the training dataset's cases (restricted to
+``train_sites``) are split into an in-domain test set (``test_fraction``), validation cases
+for model selection (``val_fraction`` of the rest) and training cases, stratified by site.
+Exact and near-duplicate images (:mod:`medseg_auto.dataset.duplicates`, clusters written to
+``duplicates.json``) and the cases of one patient (``groups`` in ``dataset.json``) always land
+on one side, so no test image has a copy in training. Every case of every external dataset
+(``test_datasets``) is a test case; those datasets are never trained or validated on.
+
+Arms: each trainer (``all``: every registered trainer that trains from scratch without extra
+inputs, see :data:`NOT_IN_ALL`) with the default network, plus Base with each network variant
+(``networks``, arm name ``Base-NETWORK`` as in the results folder). Base is always an arm: it
+is the reference of the paired statistics. ``fda``: one more arm, ``Base+FDA``: each seed's
+Base model predicting the external sets with prediction-time FDA (:mod:`.fda_arm`).
+
+Cells (:mod:`.cells`): one per arm and seed, all seeds on the same splits (so per-case
+differences pair up), ordered seed by seed (every arm's seed 0 first), so a run stopped early
+has complete seeds. Cells are independent and resumable (``done.json``); ``jobs > 1`` runs them
+in that many processes (each with ``cpu_count // jobs`` threads). A cell that fails is logged
+with its error in ``failed.json`` and the others go on; rerunning retries it. Tables
+(:mod:`.methods_tables`) are rewritten after every finished cell.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Sequence
+
+from medseg_auto.dataset.duplicates import DEFAULT_MAX_DISTANCE, case_links, find_duplicates
+from medseg_auto.errors import MedsegError
+from medseg_auto.experiments.cells import (
+    Cell, ExperimentData, TrainingOptions, check_experiment_settings, read_done, run_cell, settings_hash,
+)
+from medseg_auto.experiments.data_addition import ExperimentOutcome
+from medseg_auto.experiments.splits import ExperimentSplitError, load_or_write_splits, split_off_linked
+from medseg_auto.paths import DataHome
+from medseg_auto.training.network_registry import DEFAULT_NETWORK
+from medseg_auto.utils.atomic import write_json_atomic
+from medseg_auto.utils.logging_setup import get_logger
+
+BASE = "Base"
+ALL = "all"
+IN_DOMAIN = "in_domain"
+FAILED_MARKER = "failed.json"
+DUPLICATES_FILE = "duplicates.json"
+#: Registered trainers that ``--trainers all`` leaves out, and why (name them to run them anyway).
+NOT_IN_ALL = {
+    "FewEpochs": "a budget preset of Base (the benchmark sets the budget)",
+    "FineTuneOnSites": "fine-tunes a --pretrained model",
+    "MixedMinibatchTransfer": "fine-tunes a --pretrained model towards a --target-site",
+    "OptimizerCarryOver": "needs a --pretrained source run",
+    "IntraSiteVariabilityAlignment": "needs unlabelled --target-images",
+    "TrainOnSites": "needs --train-sites (the benchmark's --train-sites restricts every arm)",
+}
+log = get_logger("experiments.methods")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One compared model recipe: ``trainer`` with ``network``; ``name`` labels tables and folders."""
+
+    name: str
+    trainer: str
+    network: str = DEFAULT_NETWORK
+
+
+@dataclass
+class MethodsRequest:
+    """What to run; see the module docstring. ``trainers`` may hold ``"all"``."""
+
+    dataset: str
+    trainers: list[str]
+    options: TrainingOptions
+    networks: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    test_datasets: list[str] = field(default_factory=list)
+    train_sites: list[str] | None = None
+    test_fraction: float = 0.2
+    val_fraction: float = 0.125
+    split_seed: int = 0
+    duplicate_distance: int = DEFAULT_MAX_DISTANCE
+    jobs: int = 1
+    output: Path | None = None
+    report_only: bool = False
+    fda: bool = False
+
+
+def resolve_arms(trainers: Sequence[str], networks: Sequence[str] = (), quiet: bool = False) -> list[Arm]:
+    """The arms in order: Base first, then the trainers as asked (``all`` expanded), then
+    ``Base-NETWORK`` per network variant. Unknown names fail here, before any work."""
+    from medseg_auto.training.network_registry import available_networks
+    from medseg_auto.training.registry import available_trainers, get_trainer
+
+    names: list[str] = []
+    for name in trainers:
+        if name == ALL:
+            skipped = [t for t in available_trainers() if t in NOT_IN_ALL]
+            names += [t for t in available_trainers() if t not in NOT_IN_ALL]
+            if not quiet:
+                log.info("--trainers all leaves out %s", "; ".join(f"{t} ({NOT_IN_ALL[t]})" for t in skipped))
+        else:
+            get_trainer(name)
+            names.append(name)
+    ordered = [BASE] + [name for index, name in enumerate(names) if name != BASE and name not in names[:index]]
+    arms = [Arm(name, name) for name in ordered]
+    known_networks = available_networks()
+    for network in networks:
+        if network not in known_networks:
+            raise MedsegError(f"--networks {network}: unknown network (known: {', '.join(known_networks)})")
+        if network != DEFAULT_NETWORK:
+            arms.append(Arm(f"{BASE}-{network}", BASE, network))
+    return arms
+
+
+def default_folder(home: DataHome, request: MethodsRequest) -> Path:
+    o = request.options
+    return home.results_dataset(request.dataset) / "experiments" / f"methods__{o.configuration}__{o.plans_name}"
+
+
+def check_request(request: MethodsRequest, quiet: bool = False) -> list[Arm]:
+    """Fail fast on impossible numbers and unknown names; return the arms."""
+    if not request.trainers:
+        raise MedsegError("name at least one trainer (--trainers), or 'all'")
+    if not request.seeds:
+        raise MedsegError("name at least one seed (--seeds)")
+    for name, value in (("--test-fraction", request.test_fraction), ("--val-fraction", request.val_fraction)):
+        if not 0.0 < value < 1.0:
+            raise MedsegError(f"{name} must lie strictly between 0 and 1, got {value}")
+    if request.jobs < 1:
+        raise MedsegError(f"-j must be at least 1, got {request.jobs}")
+    if request.options.checkpoint not in ("best", "final"):
+        raise MedsegError(f"checkpoint must be 'best' or 'final', got {request.options.checkpoint!r}")
+    return resolve_arms(request.trainers, request.networks, quiet)
+
+
+def external_folders(home: DataHome, names: Sequence[str], training_dataset: str) -> dict[str, Path]:
+    """``{short name: raw folder}`` of the external test datasets (never the training one);
+    the short name (``STU`` for ``Dataset502_STU``) labels columns and folders."""
+    from medseg_auto.dataset.merge import dataset_short_name
+
+    folders: dict[str, Path] = {}
+    for name in names:
+        dataset = home.find_dataset(name)
+        if dataset == training_dataset:
+            raise MedsegError(f"--test-datasets {name}: that is the training dataset; external sets are never trained on")
+        short = dataset_short_name(dataset)
+        if short in folders or short == IN_DOMAIN:
+            raise MedsegError(f"--test-datasets {name}: a second test set named '{short}'")
+        folders[short] = home.raw_dataset(dataset)
+    return folders
+
+
+def _check_external_labels(data: ExperimentData, externals: dict[str, Path]) -> None:
+    """An external set is scored with its own labels, so they must be the training dataset's."""
+    from medseg_auto.dataset.dataset_json import DatasetSpec
+
+    for name, folder in externals.items():
+        labels = DatasetSpec.load(folder).labels
+        if sorted(labels.values()) != sorted(data.spec.labels.values()):
+            raise MedsegError(f"{folder / 'dataset.json'}: labels {labels} differ from the training dataset's "
+                              f"{data.spec.labels}; an external test set needs the same label values")
+
+
+def draw_splits(data: ExperimentData, case_ids: Sequence[str], request: MethodsRequest,
+                folder: Path) -> dict[str, list[str]]:
+    """Train / validation / in-domain test lists, keeping duplicates and patients together."""
+    duplicates = find_duplicates(data.spec, request.duplicate_distance)
+    write_json_atomic(folder / DUPLICATES_FILE, duplicates.to_json())
+    log.info("%s: %d case(s) with a near duplicate in %d cluster(s) (%s, <= %d bits); %d patient group(s) in "
+             "dataset.json; linked cases stay on one side of every split", data.dataset_name,
+             duplicates.num_duplicate_cases, len(duplicates.near), duplicates.method, request.duplicate_distance,
+             len(set(data.spec.groups.values())))
+    links = case_links(case_ids, duplicates.near, data.spec.groups)
+    test, rest = split_off_linked(case_ids, request.test_fraction, request.split_seed, data.sites, links)
+    val, train = split_off_linked(rest, request.val_fraction, request.split_seed + 1, data.sites, links)
+    if not test or not val or not train:
+        raise ExperimentSplitError(f"{len(case_ids)} case(s) leave an empty training, validation or test set")
+    return {"train": train, "val": val, "test": test}
+
+
+def build_cells(arms: Sequence[Arm], seeds: Sequence[int], splits: dict[str, list[str]],
+                externals: dict[str, Path], digest: str, folder: Path,
+                fda: bool = False) -> list[tuple[Cell, Path, Arm]]:
+    """Every arm x seed, seed by seed; with ``fda`` the ``Base+FDA`` cell right after Base's."""
+    from medseg_auto.experiments.fda_arm import FDA_ARM, fda_cell
+
+    cells = []
+    for seed in seeds:
+        for arm in arms:
+            cell = Cell(key=f"{arm.name}/seed{seed}", trainer=arm.trainer, tag=f"mb-{digest}-s{seed}",
+                        train_ids=splits["train"], val_ids=splits["val"], test_sets={IN_DOMAIN: splits["test"]},
+                        seed=seed, info={"arm": arm.name, "network": arm.network},
+                        external_sets={name: str(path) for name, path in externals.items()})
+            path = folder / "cells" / arm.name / f"seed{seed}"
+            cells.append((cell, path, arm))
+            if fda and arm.name == BASE and externals:
+                cells.append((fda_cell(cell, path, folder / "cells" / FDA_ARM / f"seed{seed}"),
+                              folder / "cells" / FDA_ARM / f"seed{seed}", Arm(FDA_ARM, BASE)))
+    return cells
+
+
+def run_methods(home: DataHome, request: MethodsRequest, show_progress: bool = True) -> ExperimentOutcome:
+    """Run every missing cell and (re)write the leaderboard; return the folder, rows and files."""
+    from medseg_auto.experiments.methods_tables import write_methods_results
+
+    arms = check_request(request)
+    o = request.options
+    data = ExperimentData.load(home, request.dataset, o.configuration, o.plans_name)
+    externals = external_folders(home, request.test_datasets, data.dataset_name)
+    _check_external_labels(data, externals)
+    known_sites = sorted({str(site) for site in data.sites.values()})
+    unknown = sorted(set(request.train_sites or []) - set(known_sites))
+    if unknown:
+        raise MedsegError(f"--train-sites {', '.join(unknown)}: not a site of {data.dataset_name} "
+                          f"(sites: {', '.join(known_sites)})")
+    case_ids = sorted(c for c, s in data.sites.items() if request.train_sites is None or s in request.train_sites)
+    folder = Path(request.output) if request.output is not None else default_folder(home, request)
+    split_settings = {"dataset": data.dataset_name, "train_sites": request.train_sites,
+                      "test_fraction": request.test_fraction, "val_fraction": request.val_fraction,
+                      "seed": request.split_seed, "duplicate_distance": request.duplicate_distance}
+    identity = {**split_settings, **{k: v for k, v in o.identity().items() if k != "network"},
+                "test_datasets": sorted(externals)}
+    check_experiment_settings(folder, identity, {"arms": [arm.name for arm in arms], "seeds": request.seeds})
+    splits = load_or_write_splits(folder, split_settings, lambda: draw_splits(data, case_ids, request, folder),
+                                  list(data.sites))
+    log.info("%s: %d training, %d validation, %d in-domain test case(s); external: %s", data.dataset_name,
+             len(splits["train"]), len(splits["val"]), len(splits["test"]),
+             ", ".join(f"{name} (all cases)" for name in externals) or "none")
+    cells = build_cells(arms, request.seeds, splits, externals, settings_hash(identity), folder, request.fda)
+    settings = {**identity, "n_train": len(splits["train"]), "n_val": len(splits["val"]),
+                "n_test": len(splits["test"]), "seeds": list(request.seeds)}
+
+    def write() -> dict[str, Path]:
+        names = list(dict.fromkeys(arm.name for _, _, arm in cells)) or [a.name for a in arms]
+        return write_methods_results(folder, [(cell, path) for cell, path, _ in cells], names, settings)
+
+    todo = [(cell, path, arm) for cell, path, arm in cells if read_done(path) is None]
+    log.info("methods benchmark in %s: %d arm(s) x %d seed(s) = %d cell(s), %d to run, %d job(s)", folder, len(arms),
+             len(request.seeds), len(cells), len(todo), request.jobs)
+    if request.report_only:
+        log.info("--report-only: no cell is run; tables from the %d finished cell(s)", len(cells) - len(todo))
+        todo = []
+    failures = _run_all(home, data, todo, o, request.jobs, write, show_progress)
+    files = write()
+    rows = [row for row in (read_done(path) for _, path, _ in cells) if row is not None]
+    if failures:
+        log.error("%d cell(s) failed (see their failed.json; rerun to retry): %s", len(failures), ", ".join(failures))
+    return ExperimentOutcome(folder, rows, files)
+
+
+def _run_all(home: DataHome, data: ExperimentData, todo: list[tuple[Cell, Path, Arm]], options: TrainingOptions,
+             jobs: int, write: Any, show_progress: bool) -> list[str]:
+    """Run the cells (in ``jobs`` processes when > 1); return the keys of the failed ones."""
+    failures: list[str] = []
+    if jobs == 1:
+        for index, (cell, path, arm) in enumerate(todo, start=1):
+            log.info("cell %d/%d: %s", index, len(todo), cell.key)
+            error = run_methods_cell(home, data.dataset_name, cell, replace(options, network=arm.network), path,
+                                     threads=None, data=data)
+            if error:
+                failures.append(cell.key)
+            write()
+        return failures
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    after = [(cell, path, arm) for cell, path, arm in todo if "fda_of" in cell.info]  # need their Base cell
+    todo = [item for item in todo if "fda_of" not in item[0].info]
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(run_methods_cell, home, data.dataset_name, cell, replace(options, network=arm.network),
+                               path, threads): cell.key for cell, path, arm in todo}
+        for done, future in enumerate(as_completed(futures), start=1):
+            error = future.result()
+            log.info("cell %d/%d finished: %s%s", done, len(todo), futures[future], f" (FAILED: {error})" if error else "")
+            if error:
+                failures.append(futures[future])
+            write()
+    if after:
+        failures += _run_all(home, data, after, options, 1, write, show_progress)
+    return failures
+
+
+def run_methods_cell(home: DataHome, dataset: str, cell: Cell, options: TrainingOptions, folder: Path,
+                     threads: int | None = None, data: ExperimentData | None = None) -> str | None:
+    """Run one cell (a picklable, self-contained job for a process pool or a cluster backend);
+    return None on success, else the error message (also written to ``folder/failed.json``)."""
+    if threads is not None:
+        import torch
+
+        from medseg_auto.utils.logging_setup import configure_logging
+
+        configure_logging(None)
+        torch.set_num_threads(threads)
+    started = time.perf_counter()
+    try:
+        if data is None:
+            data = ExperimentData.load(home, dataset, options.configuration, options.plans_name)
+        if "fda_of" in cell.info:
+            from medseg_auto.experiments.fda_arm import run_fda_cell
+
+            row = run_fda_cell(data, cell, options, folder)
+        else:
+            row, _ = run_cell(data, cell, options, folder)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as error:  # one broken method must not stop the benchmark
+        log.exception("cell %s failed", cell.key)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(folder / FAILED_MARKER, {"cell": cell.key, "error": f"{type(error).__name__}: {error}",
+                                                   "seconds": round(time.perf_counter() - started, 1)})
+        return f"{type(error).__name__}: {error}"
+    (folder / FAILED_MARKER).unlink(missing_ok=True)
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("dice_") and isinstance(v, float))
+    log.info("cell %s: %s (%.0f s)", cell.key, scores, row.get("seconds", 0.0))
+    return None
