@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from medseg_auto.cli.common import HelpFormatter, add_home_argument, add_logging_arguments, resolve_home, start_log
 from medseg_auto.cli.executor_options import add_executor_arguments, executor_settings
-from medseg_auto.errors import MedsegError
+from medseg_auto.cli.trainer_option_values import parse_trainer_options
 from medseg_auto.utils.logging_setup import configure_logging, get_logger
 
 log = get_logger("cli.experiment")
@@ -118,20 +116,6 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     add_executor_arguments(parser)
     add_home_argument(parser)
     add_logging_arguments(parser)
-
-
-def parse_trainer_options(values: list[str]) -> dict[str, Any]:
-    """``["fd_weight=0.1", "mode=cos"]`` -> ``{"fd_weight": 0.1, "mode": "cos"}``."""
-    options: dict[str, Any] = {}
-    for value in values:
-        key, separator, raw = value.partition("=")
-        if not separator or not key.strip():
-            raise MedsegError(f"--trainer-option {value!r}: expected KEY=VALUE, e.g. --trainer-option fd_weight=0.1")
-        try:
-            options[key.strip()] = json.loads(raw)
-        except ValueError:
-            options[key.strip()] = raw
-    return options
 
 
 def _training_options(args: argparse.Namespace):

@@ -91,7 +91,7 @@ def register_methods(kinds: argparse._SubParsersAction) -> None:
 
 
 def run_methods_command(args: argparse.Namespace) -> int:
-    from medseg_auto.cli.experiment_command import parse_trainer_options
+    from medseg_auto.cli.trainer_option_values import parse_trainer_options
     from medseg_auto.dataset.duplicates import DEFAULT_MAX_DISTANCE
     from medseg_auto.experiments import methods as experiment
     from medseg_auto.experiments.cells import TrainingOptions

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from medseg_auto.evaluation.report import STYLE, _e, _pyplot, _readable, _table
+from medseg_auto.experiments.methods_format import format_delta, format_dice
 from medseg_auto.utils.atomic import write_text_atomic
 
 BASE = "Base"
@@ -29,8 +30,6 @@ ALL_SITES = "all"
 
 def write_leaderboard_html(path: Path, table: pd.DataFrame, per_case: pd.DataFrame, intro: Sequence[str],
                            arms: Sequence[str]) -> None:
-    from medseg_auto.experiments.methods_tables import format_delta, format_dice
-
     parts = ["<h1>Method benchmark</h1>", "<ul>" + "".join(f"<li>{_e(line.lstrip('- '))}</li>" for line in intro)
              + "</ul>"]
     if not table.empty:

@@ -27,6 +27,7 @@ import pandas as pd
 
 from medseg_auto.evaluation.paired_stats import holm_correction, paired_difference
 from medseg_auto.experiments.cells import Cell, read_done
+from medseg_auto.experiments.methods_format import format_delta, format_dice
 from medseg_auto.experiments.tables import write_csv
 from medseg_auto.utils.atomic import write_json_atomic, write_text_atomic
 
@@ -177,28 +178,8 @@ def leaderboard_markdown(table: pd.DataFrame, settings: Mapping[str, Any], done:
     return "\n".join(lines) + "\n"
 
 
-def format_dice(row: Mapping[str, Any] | None) -> str:
-    if row is None or _missing(row.get("dice_mean")):
-        return ""
-    spread = "" if _missing(row.get("dice_sd")) else f" ± {row['dice_sd']:.3f}"
-    harm = " **harm**" if row.get("harm") else ""
-    return f"{row['dice_mean']:.3f}{spread} ({row['n_seeds']}){harm}"
-
-
-def format_delta(row: Mapping[str, Any] | None) -> str:
-    if row is None or _missing(row.get("diff_vs_base")):
-        return "—" if row is not None and row.get("arm") == BASE else ""
-    p = row.get("p_holm")
-    shown_p = "n/a" if _missing(p) else f"{p:.3g}"
-    return f"{row['diff_vs_base']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}] p={shown_p}"
-
-
 def _label(test_set: str) -> str:
     return "in-domain" if test_set == IN_DOMAIN else test_set
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _json_value(value: Any) -> Any:

@@ -41,7 +41,7 @@ def test_find_duplicates_on_a_dataset_names_the_hash(tmp_path):
     report = find_duplicates(spec)
     assert ["copy", "siteA_000"] in report.exact and "phash" in report.method
     assert main(["verify", "Dup", "--home", str(home.root), "--no-progress", "-np", "1"]) in (0, 2)
-    assert '"exact_clusters"' in (spec.folder / "verify_report.json").read_text()
+    assert '"exact_clusters"' in (home.preprocessed_dataset("Dup") / "verify_report.json").read_text()
 
 
 def test_linked_split_keeps_duplicates_and_patients_together():
@@ -112,11 +112,9 @@ def test_training_splits_read_duplicates_from_the_verify_report(tmp_path):
     from medseg_auto.training.data.splits import dataset_links
 
     preprocessed = tmp_path / "preprocessed" / "Dataset001_X"
-    raw = tmp_path / "raw" / "Dataset001_X"
     preprocessed.mkdir(parents=True)
-    raw.mkdir(parents=True)
     (preprocessed / "dataset.json").write_text(json.dumps({"groups": {"a": "p1", "b": "p1"}}))
-    (raw / "verify_report.json").write_text(json.dumps({"duplicates": {"near_clusters": [["c", "d"]]}}))
+    (preprocessed / "verify_report.json").write_text(json.dumps({"duplicates": {"near_clusters": [["c", "d"]]}}))
     links = dataset_links(preprocessed, ["a", "b", "c", "d", "e"])
     assert links == {"a": "a", "b": "a", "c": "c", "d": "c", "e": "e"}
 

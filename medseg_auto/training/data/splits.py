@@ -128,13 +128,13 @@ def fold_cases(splits: Sequence[Split], fold: int | str) -> tuple[list[str], lis
 
 def dataset_links(preprocessed_dataset_folder: Path, case_ids: Sequence[str]) -> dict[str, str] | None:
     """Links from the ``groups`` map of the preprocessed ``dataset.json`` and the near-duplicate
-    clusters of the raw dataset's ``verify_report.json`` (written by ``medseg-auto verify``;
+    clusters of ``verify_report.json`` beside it (written there by ``medseg-auto verify``;
     nothing is hashed here, so training never pays for it). None when neither exists."""
     from medseg_auto.dataset.duplicates import case_links
 
     groups = (read_json_or_empty(preprocessed_dataset_folder / "dataset.json").get("groups") or {})
-    raw_report = preprocessed_dataset_folder.parent.parent / "raw" / preprocessed_dataset_folder.name / "verify_report.json"
-    clusters = (read_json_or_empty(raw_report).get("duplicates") or {}).get("near_clusters") or []
+    report = preprocessed_dataset_folder / "verify_report.json"
+    clusters = (read_json_or_empty(report).get("duplicates") or {}).get("near_clusters") or []
     if not groups and not clusters:
         return None
     return case_links(list(case_ids), clusters, {str(k): str(v) for k, v in groups.items()})
