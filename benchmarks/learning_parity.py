@@ -259,7 +259,8 @@ def epoch_times(tool: str, folder: Path, fold: Path) -> list[float]:
 def evaluate(layout: WorkLayout, predictions: Path, output: Path) -> Path:
     """Score ``predictions`` with our evaluator against the raw labels; returns ``metrics.csv``."""
     cmd = [*common.ours_command(), "evaluate", str(predictions), str(layout.raw_dataset / "labelsTr"), "-d",
-           DATASET_NAME, "--predicted-only", "-o", str(output), "--home", str(layout.ours_home), "--no-progress"]
+           DATASET_NAME, "--predicted-only", "-o", str(output), "--home", str(layout.ours_home), "-np", "1",
+           "--no-progress"]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0 or not (output / "metrics.csv").is_file():
         raise BenchmarkError(f"evaluating {predictions} failed: {(result.stderr or result.stdout)[-2000:]}")
@@ -273,28 +274,34 @@ def run_once(tool: str, layout: WorkLayout, args: argparse.Namespace, configurat
     done = common.read_json_or_none(folder / "run.json")
     if done is not None:
         return done
-    if folder.exists():  # a run killed halfway: start it again from scratch
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+    trained = common.read_json_or_none(folder / "trained.json")  # trained and predicted, not yet scored
+    if trained is None:
+        if folder.exists():  # a run killed halfway: start it again from scratch
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
     cmd, env, fold = tool_command(tool, layout, args, configuration, budget, seed, folder)
-    load_before = os.getloadavg()
-    say(layout, f"[{configuration} {budget.tag} {tool} seed {seed}] {' '.join(cmd)}")
-    measurement = common.measure_command(cmd, env=env, cwd=layout.root, log_path=folder / "train.log")
+    if trained is None:
+        say(layout, f"[{configuration} {budget.tag} {tool} seed {seed}] {' '.join(cmd)}")
+        load_before = os.getloadavg()
+        measurement = common.measure_command(cmd, env=env, cwd=layout.root, log_path=folder / "train.log")
+        trained = {**measurement.as_dict(), "load_before": load_before, "load_after": os.getloadavg()}
+        predictions = fold / "validation"
+        predicted = len(list(predictions.glob(f"*{plan_preprocess.FILE_ENDING}"))) if predictions.is_dir() else 0
+        if measurement.returncode != 0 or predicted != expected_cases:
+            raise BenchmarkError(f"{tool} seed {seed}: exit {measurement.returncode}, {predicted}/{expected_cases} "
+                                 f"validation cases predicted (log: {folder / 'train.log'}):\n"
+                                 f"{common.log_tail(folder / 'train.log')}")
+        write_json(folder / "trained.json", trained)
     predictions = fold / "validation"
-    predicted = len(list(predictions.glob(f"*{plan_preprocess.FILE_ENDING}"))) if predictions.is_dir() else 0
-    if measurement.returncode != 0 or predicted != expected_cases:
-        raise BenchmarkError(f"{tool} seed {seed}: exit {measurement.returncode}, {predicted}/{expected_cases} "
-                             f"validation cases predicted (log: {folder / 'train.log'}):\n"
-                             f"{common.log_tail(folder / 'train.log')}")
     metrics = evaluate(layout, predictions, folder / "evaluation")
     times = epoch_times(tool, folder, fold)
     record = {"tool": tool, "seed": seed, "configuration": configuration, "budget": budget.__dict__,
               "iterations": budget.epochs * budget.iterations, "train_s": sum(times), "epoch_times_s": times,
-              **measurement.as_dict(), "load_before": load_before, "load_after": os.getloadavg(),
-              "command": cmd, "environment": env, "predictions": str(predictions), "metrics_csv": str(metrics)}
+              **trained, "command": cmd, "environment": env, "predictions": str(predictions),
+              "metrics_csv": str(metrics)}
     write_json(folder / "run.json", record)
-    say(layout, f"[{configuration} {budget.tag} {tool} seed {seed}] done: {measurement.wall_s:.0f} s, "
-                f"training {record['train_s']:.0f} s, load {load_before[0]:.1f} -> {record['load_after'][0]:.1f}")
+    say(layout, f"[{configuration} {budget.tag} {tool} seed {seed}] done: {record['wall_s']:.0f} s, training "
+                f"{record['train_s']:.0f} s, load {record['load_before'][0]:.1f} -> {record['load_after'][0]:.1f}")
     return record
 
 
