@@ -275,6 +275,7 @@ def run_nnunet(args: argparse.Namespace, timer: IterationTimer) -> dict[str, Any
     if nnUNet_preprocessed is None:
         raise SystemExit("nnUNet_preprocessed is not set")
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    seed_everything(args.seed)  # nnU-Net has no seed option; its data-augmentation workers stay unseeded
     folder = Path(nnUNet_preprocessed) / args.dataset
     plans = load_json(str(folder / f"{args.plans}.json"))
     plans["continue_training"] = False  # nnUNetTrainer.__init__ pops it (run_training.py sets it)
@@ -306,9 +307,23 @@ def run_nnunet(args: argparse.Namespace, timer: IterationTimer) -> dict[str, Any
     nnUNetTrainer.validation_step = timer.wrap_validation_step(  # type: ignore[method-assign]
         nnUNetTrainer.validation_step)
     trainer.run_training()
-    return {"precision": "fp16 AMP" if args.device == "cuda" else "fp32", "threads": torch.get_num_threads(),
-            "workers": get_allowed_n_proc_DA(),
-            "output_folder": trainer.output_folder}
+    logged = trainer.logger.local_logger.my_fantastic_logging
+    epoch_times = [end - start for start, end in zip(logged["epoch_start_timestamps"], logged["epoch_end_timestamps"])]
+    if args.final_validation:  # what nnUNetv2_train does after training: predict the fold's validation cases
+        trainer.perform_actual_validation(False)
+    return {"precision": "fp16 AMP" if args.device == "cuda" else "fp32", "threads": torch.get_num_threads(), "workers": get_allowed_n_proc_DA(),
+            "output_folder": trainer.output_folder, "epoch_times_s": epoch_times}
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators of the training process."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -328,9 +343,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="both tools: where to train (cuda: AMP in both)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: each tool's, all cores)")
-    parser.add_argument("--seed", type=int, default=12345, help="ours: random seed")
+    parser.add_argument("--seed", type=int, default=12345, help="random seed (nnU-Net: of random, numpy and torch "
+                        "in the training process)")
     parser.add_argument("--plans", default="nnUNetPlans", help="nnU-Net: plans identifier")
-    parser.add_argument("--final-validation", action="store_true", help="ours: run the final validation too")
+    parser.add_argument("--final-validation", action="store_true", help="run the final validation too (nnU-Net: "
+                        "perform_actual_validation, as nnUNetv2_train does)")
     parser.add_argument("--phases", action="store_true", help="time forward, loss, backward, clip, optimizer")
     parser.add_argument("--torch-profiler-epoch", type=int, default=None, metavar="EPOCH",
                         help="record the training iterations of this epoch with torch.profiler")

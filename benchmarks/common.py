@@ -21,6 +21,7 @@ its own virtual environment, so neither tool's imports distort the other's numbe
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import os
@@ -286,9 +287,18 @@ def ours_command() -> list[str]:
     venv_bin = repo_root() / ".venv" / "bin"
     if (venv_bin / "medseg-auto").exists():
         return [str(venv_bin / "medseg-auto")]
-    if (venv_bin / "python").exists():
-        return [str(venv_bin / "python"), "-m", "medseg_auto"]
-    raise BenchmarkError(f"{venv_bin.parent}: project venv not found; create it and 'pip install -e .' there")
+    return [str(ours_python()), "-m", "medseg_auto"]
+
+
+def ours_python() -> Path:
+    """The project venv's interpreter, else the one running this benchmark when it can import
+    ``medseg_auto`` (a git worktree without its own ``.venv``, run with a shared venv)."""
+    python = repo_root() / ".venv" / "bin" / "python"
+    if python.exists():
+        return python
+    if importlib.util.find_spec("medseg_auto") is not None:
+        return Path(sys.executable)
+    raise BenchmarkError(f"{python.parent.parent}: project venv not found; create it and 'pip install -e .' there")
 
 
 def python_package_version(venv: Path, package: str) -> str:

@@ -135,13 +135,6 @@ def parse_batch_sizes(parser: argparse.ArgumentParser, values: Sequence[str],
     return sizes
 
 
-def ours_python() -> Path:
-    python = common.repo_root() / ".venv" / "bin" / "python"
-    if not python.exists():
-        raise BenchmarkError(f"{python}: project venv not found; create it and 'pip install -e .' there")
-    return python
-
-
 def prepare_data(args: argparse.Namespace, layout: WorkLayout, need_ours: bool, need_nnunet: bool) -> list[str]:
     """The raw dataset and each needed tool's preprocessed data (2d and 3d_fullres), built only
     when missing, incomplete or ``--repreprocess``; untimed. Returns the case ids."""
@@ -202,7 +195,7 @@ def driver_run(tool: str, layout: WorkLayout, configuration: str, nnunet_venv: P
     ours = ["--home", str(layout.ours_home), "--num-workers", str(num_workers)]
     if tool == OURS_FP32_TOOL:
         ours.append("--no-bf16")
-    return [str(ours_python()), str(DRIVER), "ours", "--dataset", DATASET_NAME, *options, *ours], {}
+    return [str(common.ours_python()), str(DRIVER), "ours", "--dataset", DATASET_NAME, *options, *ours], {}
 
 
 def measure_driver(label: str, cmd: list[str], env: dict[str, str], layout: WorkLayout,

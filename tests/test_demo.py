@@ -1,4 +1,4 @@
-"""The demo runs end to end on tiny synthetic data, whichever stages exist yet."""
+"""The demo runs every stage end to end on tiny synthetic data and shows that training helped."""
 
 from __future__ import annotations
 
@@ -11,16 +11,18 @@ import pytest
 from medseg_auto.cli.main import main
 from medseg_auto.dataset.dataset_json import DatasetSpec
 from medseg_auto.demo import (
-    DATASET_NAMES, STAGES, SUMMARY_FILE_NAME, Stage, configuration_patch_sizes, import_stage_module,
-    report_problems, run_demo,
+    DATASET_NAMES, STAGES, SUMMARY_FILE_NAME, Stage, configuration_patch_sizes, held_out_split, report_problems,
+    run_demo,
 )
 from medseg_auto.paths import DataHome
 
-STATUSES = {"ran", "skipped"}
+# A shorter budget than the demo's own (DEMO_BUDGETS): enough to show learning on the toy shapes.
+TEST_EPOCHS, TEST_ITERATIONS = 3, 5
 
 
-def test_run_demo_writes_datasets_and_lists_every_stage(tmp_path):
-    summary = run_demo(tmp_path / "home", dimensions=(2, 3), cases_per_site=2, num_processes=1, show_progress=False)
+def test_run_demo_runs_every_stage_and_training_improves_held_out_dice(tmp_path):
+    summary = run_demo(tmp_path / "home", dimensions=(2, 3), cases_per_site=2, num_processes=1, show_progress=False,
+                       epochs=TEST_EPOCHS, iterations=TEST_ITERATIONS)
 
     home = DataHome(tmp_path / "home")
     for dimension, name in DATASET_NAMES.items():
@@ -31,11 +33,17 @@ def test_run_demo_writes_datasets_and_lists_every_stage(tmp_path):
         assert len(spec.training_cases()) == 4
         assert summary["datasets"][folder.name] == {
             "dimension": dimension, "raw": str(folder), "cases": 4, "sites": ["siteA", "siteB"], "reused": False,
+            "held_out": ["siteA_001", "siteB_001"],
         }
     expected = [(folder, stage.name) for folder in sorted(summary["datasets"]) for stage in STAGES]
     assert [(r["dataset"], r["stage"]) for r in summary["stages"]] == expected
-    assert {r["status"] for r in summary["stages"]} <= STATUSES
+    assert {r["status"] for r in summary["stages"]} == {"ran"}  # every stage, none skipped
     assert summary["ok"] is True
+    assert set(summary["dice"]) == set(summary["datasets"])
+    for dataset, dice in summary["dice"].items():
+        assert dice["after"] > dice["before"], (dataset, dice)
+    evaluations = [r for r in summary["stages"] if r["stage"] == "evaluate"]
+    assert [r["held_out_cases"] for r in evaluations] == [2, 2]  # scored on held-out cases only
     on_disk = json.loads((home.root / SUMMARY_FILE_NAME).read_text())
     assert on_disk["stages"] == summary["stages"]
 
@@ -48,19 +56,33 @@ def test_run_demo_reuses_existing_dataset(tmp_path):
     assert DataHome(tmp_path).list_datasets() == [next(iter(again["datasets"]))]
 
 
-def test_stage_runner_skips_absent_modules_and_stops_after_problems(tmp_path):
+def test_stage_runner_stops_after_problems(tmp_path):
     calls = []
     stages = [
-        Stage("absent", "medseg_auto.no_such_stage.module", lambda module, inputs: calls.append("absent")),
         Stage("check", "medseg_auto.paths", lambda module, inputs: ["case x is broken"], report=report_problems),
         Stage("after", "medseg_auto.paths", lambda module, inputs: calls.append("after")),
     ]
     summary = run_demo(tmp_path, dimensions=(2,), cases_per_site=1, num_processes=1, show_progress=False,
                        stages=stages)
     statuses = [(r["stage"], r["status"]) for r in summary["stages"]]
-    assert statuses == [("absent", "skipped"), ("check", "failed"), ("after", "skipped")]
-    assert summary["stages"][1]["errors"] == ["case x is broken"]
+    assert statuses == [("check", "failed"), ("after", "skipped")]
+    assert summary["stages"][0]["errors"] == ["case x is broken"]
     assert summary["ok"] is False and calls == []
+
+
+def test_a_stage_module_that_does_not_import_is_an_error_not_a_skip(tmp_path):
+    stages = [Stage("absent", "medseg_auto.no_such_stage.module", lambda module, inputs: None)]
+    with pytest.raises(ModuleNotFoundError):
+        run_demo(tmp_path, dimensions=(2,), cases_per_site=1, num_processes=1, show_progress=False, stages=stages)
+
+
+def test_held_out_split_keeps_a_third_of_each_site_out_of_training():
+    sites = {f"{site}_{index:03d}": site for site in ("siteA", "siteB") for index in range(6)}
+    train, held_out = held_out_split(sites)
+    assert held_out == ["siteA_004", "siteA_005", "siteB_004", "siteB_005"]
+    assert len(train) == 8 and not set(train) & set(held_out)
+    assert held_out_split({"a_0": "a", "b_0": "b"}) == (["a_0"], ["b_0"])  # one case per site: the last is held out
+    assert held_out_split({"only": "a"}) == (["only"], ["only"])
 
 
 def test_warnings_from_verify_do_not_stop_the_demo():
@@ -74,11 +96,6 @@ def test_warnings_from_verify_do_not_stop_the_demo():
     assert report.ok and report.details == {"errors": [], "warnings": ["warning: empty mask"]}
     assert not report_problems(["no severity counts as an error"]).ok
     assert report_problems([]).ok
-
-
-def test_import_stage_module_only_forgives_the_stage_module_itself():
-    assert import_stage_module("medseg_auto.not_built_yet") is None
-    assert import_stage_module("medseg_auto.paths") is not None
 
 
 def test_patch_sizes_from_plans_object_or_dict():
@@ -97,9 +114,10 @@ def test_patch_sizes_from_plans_object_or_dict():
 
 def test_demo_command_runs_and_reports(tmp_path, capsys):
     code = main(["demo", "--home", str(tmp_path), "--dimension", "2", "--cases-per-site", "1", "-np", "1",
-                 "--no-progress"])
+                 "--epochs", "1", "--iterations", "2", "--no-progress"])
     assert code == 0
-    assert "summary:" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "summary:" in out and "Dice on held-out cases:" in out and "before training" in out
     assert (tmp_path / SUMMARY_FILE_NAME).is_file()
     assert list((tmp_path / "logs").glob("demo_*.txt"))
 

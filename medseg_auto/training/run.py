@@ -74,7 +74,9 @@ class TrainRequest:
     benchmarks time training only). ``trainer_class`` is the loop to run, a subclass of
     :class:`Trainer` for instrumentation (the benchmarks' timers); methods plug in through
     ``trainer_name``, not here. ``show_progress=False`` (``--no-progress``) hides the final
-    validation's progress bar.
+    validation's progress bar. ``allow_untrained=True`` accepts ``num_epochs=0`` on a fresh
+    run (the final validation then scores the untrained network: the demo's baseline); otherwise
+    0 epochs is refused unless ``pretrained`` weights are given.
     """
 
     home: DataHome | str | Path | None
@@ -95,6 +97,7 @@ class TrainRequest:
     val_best: bool = False
     save_probabilities: bool = False
     show_progress: bool = True
+    allow_untrained: bool = False
     trainer_class: type[Trainer] = Trainer
 
 
@@ -176,7 +179,7 @@ def _check_request(request: TrainRequest) -> tuple[TrainerSpec, list[DomainMetho
     unknown = sorted(set(request.settings) - known)
     if unknown:
         raise MedsegError(f"unknown training setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    check_settings(request.settings, with_pretrained=request.pretrained is not None)
+    check_settings(request.settings, with_pretrained=request.pretrained is not None or request.allow_untrained)
     if request.pretrained is not None and not Path(request.pretrained).is_file():
         raise MedsegError(f"--pretrained {request.pretrained}: no such checkpoint file")
     return spec, spec.create_methods(dict(request.trainer_options))
