@@ -7,11 +7,14 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medseg_auto.errors import MedsegError
-from medseg_auto.inference.model_loading import LoadedModel
 from medseg_auto.paths import DataHome
 from medseg_auto.utils.logging_setup import get_logger
+
+if TYPE_CHECKING:  # the parser is built without importing torch (tests/test_demo.py)
+    from medseg_auto.inference.model_loading import LoadedModel
 
 log = get_logger("cli.predict")
 
