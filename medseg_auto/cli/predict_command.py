@@ -127,9 +127,10 @@ def run(args: argparse.Namespace) -> int:
     check_prediction_folders(args.input, args.output)
     home = resolve_home(args)
     job = start_job(args.num_parts, args.part_id, args.device)
+    source = resolve_models(args, home)  # before the log: a missing or refused model leaves no logs/ behind
     log_file = start_log(args.output, job.log_name, args)
-    log.info("%s", job.describe())
-    source = resolve_models(args, home)
+    if job.shard.enabled:
+        log.info("%s", job.describe())
     folder, models = source.folder, source.models
     engine = _engine(args, job.device)
     if engine != "torch":

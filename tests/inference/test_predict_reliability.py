@@ -169,3 +169,14 @@ def test_meaningless_prediction_numbers_are_one_line(trained_syn2d_home, tmp_pat
     assert _predict(trained_syn2d_home, _inputs(trained_syn2d_home, tmp_path), output, *option) == 2
     assert _one_error_line(capsys).startswith(f"medseg-auto predict: error: {option[0]} {option[1]}")
     assert not output.exists()
+
+
+def test_a_missing_model_folder_is_one_line_and_leaves_no_logs(tmp_path, capsys):
+    from medseg_auto.cli.main import main
+
+    (tmp_path / "in").mkdir()
+    code = main(["predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(tmp_path / "no_model"),
+                 "--home", str(tmp_path / "home")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "no_model" in err and "model folder not found" in err
+    assert not (tmp_path / "out" / "logs").exists()
