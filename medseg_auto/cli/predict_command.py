@@ -104,7 +104,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="the part this job predicts, 0 .. num_parts-1")
     parser.add_argument("--engine", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
                         help="what runs the network on the CPU (the sliding window, weighting and mirroring stay ours); "
-                             "auto: the fastest installed one when --no-ood, else torch (the OOD score needs torch's hooks)")
+                             "auto: torch (measured as fast as OpenVINO on a CPU with bf16, and the OOD score needs "
+                             "torch's hooks); openvino/onnxruntime need 'medseg_auto[deploy]'")
     parser.add_argument("--no-ood", action="store_true", help="no out-of-distribution score")
     parser.add_argument("--ood-percentile", type=float, default=DEFAULT_PERCENTILE,
                         help="OOD threshold: this percentile of the validation cases' leave-one-out scores")

@@ -30,9 +30,12 @@ from medseg_auto.utils.logging_setup import get_logger
 
 log = get_logger("inference.engines")
 ENGINES = ("torch", "onnxruntime", "openvino")
-# fastest first, as measured by benchmarks/predict_speed.py (README, Benchmarks): s/case after
-# start-up on Hippocampus 3d_fullres: OpenVINO 9.5, torch bf16 18.6, ONNX Runtime 28.4, torch fp32 32.6
-AUTO_ORDER = ("openvino", "torch")
+# what ``auto`` runs, by benchmarks/predict_speed.py with no other job running (2026-12-05,
+# Hippocampus 3d_fullres, s/case incl. start-up): torch bf16 3.00, OpenVINO 3.08, ONNX Runtime 5.15,
+# torch fp32 4.69. OpenVINO's 7% lead after start-up does not pay for its longer start-up, its
+# missing OOD score or an extra dependency, so torch stays the default. (A run under load 11-18
+# had shown OpenVINO 2x ahead: measure engines on an idle machine.)
+AUTO_ORDER = ("torch",)
 _MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 
 

@@ -77,7 +77,7 @@ def test_engine_choice():
     cpu = torch.device("cpu")
     assert resolve_engine("torch", cpu) == "torch" and resolve_engine("onnxruntime", cpu) == "onnxruntime"
     assert resolve_engine("auto", torch.device("cuda")) == "torch"
-    assert resolve_engine("auto", cpu) == ("openvino" if engine_installed("openvino") else "torch")
+    assert resolve_engine("auto", cpu) == "torch"  # measured: OpenVINO is no faster per case (engines.AUTO_ORDER)
     with pytest.raises(MedsegError, match="--device cpu"):
         resolve_engine("onnxruntime", torch.device("cuda"))
 
