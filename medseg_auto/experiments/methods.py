@@ -295,6 +295,7 @@ def run_methods_cell(home: DataHome, dataset: str, cell: Cell, options: Training
         from medseg_auto.utils.logging_setup import configure_logging
 
         configure_logging(None)
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # train_fold's configure_threads honours it
         torch.set_num_threads(threads)
     started = time.perf_counter()
     try:
