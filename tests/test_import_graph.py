@@ -2,7 +2,7 @@
 each other (directly or round a loop). Read statically from the source, so imports inside
 functions count as much as those at the top of a file.
 
-Stage order (the developers' guide): utils, errors, paths < dataset < planning <
+Stage order (the developers' guide): utils, errors, paths < dataset, imaging < planning <
 preprocessing < training < inference < evaluation < experiments < cli, demo.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "medseg_auto"
 STAGE_RANK = {
-    "": 0, "utils": 0, "errors": 0, "paths": 0, "dataset": 1, "planning": 2, "preprocessing": 3,
+    "": 0, "utils": 0, "errors": 0, "paths": 0, "dataset": 1, "imaging": 1, "planning": 2, "preprocessing": 3,
     "training": 4, "inference": 5, "evaluation": 6, "experiments": 7, "cli": 8, "demo": 8, "api": 8, "__main__": 9,
 }
 
@@ -27,12 +27,6 @@ ALLOWED_UPWARD = {
         "the final validation scores with the same per-case functions as 'medseg-auto evaluate'",
     ("medseg_auto.inference.validation", "medseg_auto.evaluation.writing"):
         "the final validation writes the same metrics files as 'medseg-auto evaluate'",
-    ("medseg_auto.planning.fingerprint", "medseg_auto.preprocessing.cropping"):
-        "the fingerprint measures the cases as preprocessing will crop them (one function serves both)",
-    ("medseg_auto.planning.planner", "medseg_auto.preprocessing.normalization"):
-        "the plans name the normalisation scheme preprocessing will apply (one table serves both)",
-    ("medseg_auto.planning.planner", "medseg_auto.preprocessing.resampling"):
-        "the plans size patches by the shape preprocessing will resample to (one function serves both)",
 }
 
 
