@@ -225,7 +225,7 @@ def run_ours(args: argparse.Namespace, timer: IterationTimer) -> dict[str, Any]:
     with the timers around its loaders and steps (``TrainRequest.trainer_class``). The final
     validation is skipped unless ``--final-validation``: it is not training throughput, and on
     all validation cases it would outlast a short run."""
-    from medseg_auto.training.run import TrainRequest, train_fold
+    from medseg_auto.run.train import TrainRequest, train_fold
     from medseg_auto.training.trainer import Trainer
     from medseg_auto.utils.logging_setup import configure_logging
 

@@ -47,7 +47,7 @@ from medseg_auto.training.distributed import DistributedContext, configure_threa
 from medseg_auto.training.hooks import TrainingSettings
 from medseg_auto.training.network_registry import DEFAULT_NETWORK, available_networks
 from medseg_auto.training.registry import get_trainer
-from medseg_auto.training.run import TrainRequest, locate_fold
+from medseg_auto.run.train import TrainRequest, locate_fold
 from medseg_auto.training.trainer import Trainer, TrainingJob
 
 REFERENCE = "Base"

@@ -25,7 +25,7 @@ from medseg_auto.inference.model_loading import LoadedModel
 from medseg_auto.inference.predict import PredictionOptions, predict_images, resolve_device
 from medseg_auto.paths import DataHome
 from medseg_auto.preprocessing.pipeline import plan_and_preprocess
-from medseg_auto.training.run import TrainRequest, train_fold
+from medseg_auto.run.train import TrainRequest, train_fold
 from medseg_auto.utils.logging_setup import ensure_console_logging
 
 __all__ = ["DataHome", "Predictor", "TrainRequest", "evaluate_folders", "plan_and_preprocess", "train_fold"]

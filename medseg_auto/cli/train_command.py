@@ -110,7 +110,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from medseg_auto.training.distributed import context_from_environment
-    from medseg_auto.training.run import TrainRequest, train_fold
+    from medseg_auto.run.train import TrainRequest, train_fold
 
     configure_logging(None, verbose=args.verbose)
     if not context_from_environment().is_main:

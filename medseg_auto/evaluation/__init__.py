@@ -3,5 +3,6 @@ maps against references, their summaries (per class, per site, worst/best cases)
 
 ``metrics.evaluate_arrays`` scores one case held in memory; ``evaluate.evaluate_folders``
 scores a folder of files; ``writing.write_evaluation`` writes metrics.csv, summary.json and
-summary.md.
+summary.md; ``validation`` predicts a trained fold's cached validation cases and scores them
+(the final validation that ``run.train.train_fold`` ends with).
 """

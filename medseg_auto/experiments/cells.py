@@ -1,10 +1,10 @@
 """One cell of an experiment: train on explicit cases, predict the test cases, score, mark done.
 
 A cell is one trainer on one split (one fraction and repeat, or one held-out site). Training
-goes through :func:`~medseg_auto.training.run.train_fold` with ``split=(train, val)`` into
+goes through :func:`~medseg_auto.run.train.train_fold` with ``split=(train, val)`` into
 ``results/DATASET/TRAINER__PLANS__CONFIG/fold_<tag>/`` (so ``medseg-auto predict -f <tag>``
 works on it too); the test cases are predicted from the preprocessed cache and scored against
-the raw labels by :func:`~medseg_auto.inference.validation.validate_cases` (the numbers
+the raw labels by :func:`~medseg_auto.evaluation.validation.validate_cases` (the numbers
 ``medseg-auto evaluate`` gives on the same files), into ``<cell folder>/test_<name>/``.
 
 Resuming. ``<cell folder>/done.json`` is written atomically after the evaluation and holds the
@@ -161,7 +161,7 @@ def run_cell(data: ExperimentData, cell: Cell, options: TrainingOptions, cell_fo
 
 
 def _train(data: ExperimentData, cell: Cell, options: TrainingOptions) -> Path:
-    from medseg_auto.training.run import (
+    from medseg_auto.run.train import (
         TrainRequest, experiment_trainer_name, fold_folder_name, train_fold, trainer_folder_name,
     )
 
@@ -200,7 +200,7 @@ def _load_model(fold_folder: Path, checkpoint: str):
 def _score(data: ExperimentData, model, case_ids: list[str], output: Path, device: str) -> dict[str, Any]:
     """Predict ``case_ids`` from the cache and score them (``output``: predictions, metrics.csv, summary.json)."""
     from medseg_auto.inference.predict import resolve_device
-    from medseg_auto.inference.validation import validate_cases
+    from medseg_auto.evaluation.validation import validate_cases
 
     torch_device = resolve_device(device)
     return validate_cases(model.network.to(torch_device), model.plans, model.config, data.cache, case_ids,

@@ -23,8 +23,8 @@ import numpy as np
 from medseg_auto.dataset.dataset_json import CaseFiles, DatasetSpec
 from medseg_auto.dataset.case_loader import load_and_check_case
 from medseg_auto.errors import DatasetError
+from medseg_auto.imaging.cropping import crop_to_nonzero
 from medseg_auto.planning.intensity_statistics import sample_foreground_values, weighted_statistics
-from medseg_auto.preprocessing.cropping import crop_to_nonzero
 from medseg_auto.utils.atomic import read_json, write_json_atomic
 from medseg_auto.utils.logging_setup import get_logger
 from medseg_auto.utils.parallel import parallel_map

@@ -16,12 +16,12 @@ import numpy as np
 
 from medseg_auto.dataset.dataset_json import DatasetSpec
 from medseg_auto.errors import PlansError
+from medseg_auto.imaging.normalization import ZSCORE, scheme_for_channel
+from medseg_auto.imaging.resampling import compute_new_shape
 from medseg_auto.planning.memory_estimate import conv_feature_map_size
 from medseg_auto.planning.plans import ConfigurationPlan, NetworkPlan, Plans, ResamplingPlan
 from medseg_auto.planning.presets import PlannerPreset
 from medseg_auto.planning.topology import Topology, pool_and_conv_props
-from medseg_auto.preprocessing.normalization import ZSCORE, scheme_for_channel
-from medseg_auto.preprocessing.resampling import compute_new_shape
 from medseg_auto.utils.logging_setup import get_logger
 
 log = get_logger("planner")

@@ -13,11 +13,11 @@ import math
 import numpy as np
 
 from medseg_auto.dataset.image_io import ImageGeometry
+from medseg_auto.imaging.cropping import crop_to_nonzero
+from medseg_auto.imaging.normalization import normalize_channel
+from medseg_auto.imaging.resampling import ANISOTROPY_THRESHOLD, compute_new_shape, lowres_axis, resample
 from medseg_auto.planning.plans import ConfigurationPlan, Plans
 from medseg_auto.preprocessing.cache import CaseProperties
-from medseg_auto.preprocessing.cropping import crop_to_nonzero
-from medseg_auto.preprocessing.normalization import normalize_channel
-from medseg_auto.preprocessing.resampling import ANISOTROPY_THRESHOLD, compute_new_shape, lowres_axis, resample
 
 MAX_LOCATIONS_PER_CLASS = 10_000
 MIN_LOCATION_COVERAGE = 0.01

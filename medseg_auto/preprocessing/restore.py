@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from medseg_auto.imaging.resampling import ANISOTROPY_THRESHOLD, lowres_axis, resample
 from medseg_auto.planning.plans import ConfigurationPlan, Plans
 from medseg_auto.preprocessing.cache import CaseProperties
-from medseg_auto.preprocessing.resampling import ANISOTROPY_THRESHOLD, lowres_axis, resample
 
 
 def probabilities_to_original_grid(

@@ -14,7 +14,7 @@ from medseg_auto.errors import MedsegError
 from medseg_auto.experiments.cells import CellsFailed, TrainingOptions
 from medseg_auto.experiments.data_addition import DataAdditionRequest, run_data_addition
 from medseg_auto.experiments.executor import ExecutorSettings, run_tasks
-from medseg_auto.training import run as run_module
+from medseg_auto.run import train as run_module
 
 OPTIONS = dict(configuration="2d", epochs=1, iters_per_epoch=1, val_iters_per_epoch=1, device="cpu", num_workers=0)
 

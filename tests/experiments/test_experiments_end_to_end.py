@@ -13,7 +13,7 @@ from medseg_auto.dataset.synthetic import make_synthetic_dataset, synthetic_home
 from medseg_auto.experiments import cells as cells_module
 from medseg_auto.experiments.cells import TrainingOptions
 from medseg_auto.experiments.data_addition import DataAdditionRequest, resolve_base_and_novel, run_data_addition
-from medseg_auto.training import run as run_module
+from medseg_auto.run import train as run_module
 from medseg_auto.training.checkpoint import BEST, FINAL, LATEST
 from medseg_auto.training.hooks import DomainMethod
 from medseg_auto.training.registry import register_trainer

@@ -9,7 +9,7 @@ import pytest
 from medseg_auto.errors import MedsegError
 from medseg_auto.training import trainer as trainer_module
 from medseg_auto.training.checkpoint import FINAL
-from medseg_auto.training.run import TrainRequest, train_fold
+from medseg_auto.run.train import TrainRequest, train_fold
 
 FAST = dict(device="cpu")
 FAST_SETTINGS = dict(num_workers=0)

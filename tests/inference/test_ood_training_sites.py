@@ -9,7 +9,7 @@ import pytest
 from medseg_auto.dataset.synthetic import make_synthetic_dataset, synthetic_home
 from medseg_auto.inference.ood import OOD_REFERENCE_FILE
 from medseg_auto.training.registry import get_trainer
-from medseg_auto.training.run import TrainRequest, train_fold
+from medseg_auto.run.train import TrainRequest, train_fold
 from medseg_auto.training.sampled_sites import fold_training_sites, in_sites, sampled_sites
 
 SITES = {"a0": "siteA", "a1": "siteA", "b0": "siteB", "n0": None}

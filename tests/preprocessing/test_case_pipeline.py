@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from medseg_auto.dataset.image_io import ImageGeometry
+from medseg_auto.imaging.cropping import crop_to_nonzero
+from medseg_auto.imaging.normalization import normalize_channel
+from medseg_auto.imaging.resampling import resample
 from medseg_auto.planning.plans import ConfigurationPlan, NetworkPlan, Plans, ResamplingPlan
 from medseg_auto.preprocessing.case_pipeline import preprocess_case
-from medseg_auto.preprocessing.cropping import crop_to_nonzero
-from medseg_auto.preprocessing.normalization import normalize_channel
-from medseg_auto.preprocessing.resampling import resample
 from medseg_auto.preprocessing.restore import probabilities_to_original_grid, probabilities_to_segmentation
 
 

@@ -12,7 +12,7 @@ from medseg_auto.training.loss import build_loss
 from medseg_auto.training.network import build_dynunet, tap_channels, tapped
 from medseg_auto.training.network_registry import available_networks, build_registered_network
 from medseg_auto.training.networks.catenorm import CategoricalNorm, CateNormDynUNet
-from medseg_auto.training.run import TrainRequest, train_fold
+from medseg_auto.run.train import TrainRequest, train_fold
 
 from tests.helpers.toy_home import toy_configuration
 

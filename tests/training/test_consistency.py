@@ -11,7 +11,7 @@ from medseg_auto.preprocessing.cache import PreprocessedCache
 from medseg_auto.training.checkpoint import FINAL, load_checkpoint
 from medseg_auto.training.hooks import TrainingContext, TrainingSettings
 from medseg_auto.training.network import build_dynunet, tap_channels
-from medseg_auto.training.run import TrainRequest, train_fold
+from medseg_auto.run.train import TrainRequest, train_fold
 from medseg_auto.training.trainers.consistency import (
     BRIGHTNESS_RANGE, Consistency, intensity_jitter, voxel_kl,
 )

@@ -20,7 +20,7 @@ from medseg_auto.training.checkpoint import FINAL, CheckpointError, load_checkpo
 from medseg_auto.training.hooks import DatasetInfo, DomainMethod, TrainingContext, TrainingSettings
 from medseg_auto.training.network import build_dynunet
 from medseg_auto.training.registry import register_trainer
-from medseg_auto.training.run import TrainRequest, train_fold
+from medseg_auto.run.train import TrainRequest, train_fold
 from medseg_auto.training.trainers.avagrad import AvaGrad
 from medseg_auto.training.trainers.mixed_minibatch_transfer import (
     MixedMinibatchSampler, MixedMinibatchTransfer, target_count,

@@ -13,7 +13,7 @@ from medseg_auto.training.checkpoint import FINAL, load_checkpoint
 from medseg_auto.training.losses.dispersive import (
     EPS, VARIANTS, covariance, dispersive_loss, hinge, infonce_cos, infonce_l2, pool_representations,
 )
-from medseg_auto.training.run import TrainRequest, train_fold
+from medseg_auto.run.train import TrainRequest, train_fold
 from medseg_auto.training.trainers.dispersive import Dispersive
 
 

@@ -15,7 +15,7 @@ from medseg_auto.training.network import FeatureTaps, build_dynunet, tap_channel
 from medseg_auto.training.network_registry import available_networks, build_registered_network
 from medseg_auto.training.networks.disseg import DisSegDynUNet
 from medseg_auto.training.networks.disseg_blocks import CBAT, ELAT, Refinement, telu
-from medseg_auto.training.run import TrainRequest, train_fold
+from medseg_auto.run.train import TrainRequest, train_fold
 
 
 def test_telu_matches_its_formula_and_derivative_for_moderate_inputs():

@@ -17,7 +17,7 @@ from medseg_auto.training.hooks import DatasetInfo, TrainingContext, TrainingSet
 from medseg_auto.training.losses.feature_discrepancy import (
     EPS, MaskPyramid, exchange_partners, exchangeable_discrepancy_loss, layer_statistics,
 )
-from medseg_auto.training.run import TrainRequest, train_fold
+from medseg_auto.run.train import TrainRequest, train_fold
 from medseg_auto.training.trainers.exchangeable_feature_discrepancy import ExchangeableFeatureDiscrepancy
 
 from tests.helpers.toy_home import make_toy_home

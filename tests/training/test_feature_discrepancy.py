@@ -16,7 +16,7 @@ from medseg_auto.training.losses.feature_discrepancy import (
 from medseg_auto.training.checkpoint import FINAL, load_checkpoint
 from medseg_auto.training.hooks import TrainingContext, TrainingSettings
 from medseg_auto.training.registry import get_trainer
-from medseg_auto.training.run import TrainRequest, train_fold
+from medseg_auto.run.train import TrainRequest, train_fold
 from medseg_auto.training.trainers.feature_discrepancy import FeatureDiscrepancy, scheduled_weight
 
 from tests.helpers.toy_home import make_toy_home

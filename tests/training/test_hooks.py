@@ -15,7 +15,7 @@ from medseg_auto.training.checkpoint import FINAL, load_checkpoint
 from medseg_auto.training.hooks import DomainMethod, OptimizerSetup, TrainingContext, TrainingSettings
 from medseg_auto.training.network import build_dynunet
 from medseg_auto.training.registry import register_trainer
-from medseg_auto.training.run import TrainRequest, train_fold
+from medseg_auto.run.train import TrainRequest, train_fold
 
 from tests.helpers.toy_home import make_toy_home
 

@@ -13,7 +13,7 @@ from medseg_auto.training.hooks import DomainMethod
 from medseg_auto.training.network import build_dynunet
 from medseg_auto.training.network_registry import available_networks, register_network
 from medseg_auto.training.registry import register_trainer
-from medseg_auto.training.run import TrainRequest, train_fold
+from medseg_auto.run.train import TrainRequest, train_fold
 
 
 class EpochSampler:

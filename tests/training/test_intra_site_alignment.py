@@ -17,7 +17,7 @@ from medseg_auto.training.data.image_folder_cache import cache_image_folder
 from medseg_auto.preprocessing.cache import PreprocessedCache
 from medseg_auto.training.hooks import DatasetInfo, TrainingContext, TrainingSettings
 from medseg_auto.training.network import build_dynunet, tap_channels
-from medseg_auto.training.run import TrainRequest, train_fold
+from medseg_auto.run.train import TrainRequest, train_fold
 from medseg_auto.training.trainers.intra_site_alignment import (
     CLUSTERS_FILE, TARGET_CACHE_FOLDER, IntraSiteVariabilityAlignment,
 )

@@ -13,7 +13,7 @@ import torch
 from medseg_auto.training.checkpoint import FINAL, load_checkpoint
 from medseg_auto.training.hooks import TrainingContext, TrainingSettings
 from medseg_auto.training.losses.local_contrastive import local_contrastive_loss, sample_pixels
-from medseg_auto.training.run import TrainRequest, train_fold
+from medseg_auto.run.train import TrainRequest, train_fold
 from medseg_auto.training.trainers.local_contrastive import LocalContrastive
 
 from tests.helpers.toy_home import make_toy_home

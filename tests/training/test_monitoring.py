@@ -10,7 +10,7 @@ import pytest
 from medseg_auto.training.monitoring import (
     TENSORBOARD_FOLDER, eta_line, format_duration, overlay_epochs, overlay_picture, remaining_seconds,
 )
-from medseg_auto.training.run import TrainRequest, train_fold
+from medseg_auto.run.train import TrainRequest, train_fold
 
 
 def test_remaining_time_uses_recent_epochs() -> None:

@@ -13,7 +13,7 @@ from medseg_auto.cli.main import build_parser
 from medseg_auto.training.checkpoint import FINAL, load_checkpoint
 from medseg_auto.training.data.amplitude_mixup import choose_donors, low_frequency_mask, mix_low_frequency_amplitude
 from medseg_auto.training.registry import get_trainer
-from medseg_auto.training.run import TrainRequest, train_fold
+from medseg_auto.run.train import TrainRequest, train_fold
 from medseg_auto.training.trainers.random_amplitude_mixup import RandomAmplitudeMixup
 
 

@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent(f"""
     import sys, time
     from medseg_auto.training.hooks import DomainMethod
     from medseg_auto.training.registry import register_trainer
-    from medseg_auto.training.run import TrainRequest, train_fold
+    from medseg_auto.run.train import TrainRequest, train_fold
 
     @register_trainer("SlowTest")
     class SlowTest(DomainMethod):

@@ -14,7 +14,7 @@ from medseg_auto.training.losses.class_statistics import ClassFeatureStatistics
 from medseg_auto.training.losses.semantic_contrast import (
     IGNORE, downsample_labels, sample_pixels, semantic_contrastive_loss,
 )
-from medseg_auto.training.run import TrainRequest, train_fold
+from medseg_auto.run.train import TrainRequest, train_fold
 
 
 def test_closed_form_known_value_by_hand():

@@ -12,7 +12,7 @@ import torch
 from medseg_auto.errors import MedsegError
 from medseg_auto.training.checkpoint import FINAL, load_checkpoint
 from medseg_auto.training.hooks import TrainingContext, TrainingSettings
-from medseg_auto.training.run import TrainRequest, train_fold
+from medseg_auto.run.train import TrainRequest, train_fold
 from medseg_auto.training.trainers.site_adversarial import SiteAdversarial, ramped_lambda, reverse_gradient
 
 from tests.helpers.toy_home import make_toy_home, toy_plans

@@ -7,7 +7,7 @@ import pytest
 
 from medseg_auto.training.hooks import DatasetInfo, TrainingSettings
 from medseg_auto.training.registry import get_trainer
-from medseg_auto.training.run import TrainRequest, train_fold
+from medseg_auto.run.train import TrainRequest, train_fold
 
 
 def test_site_balanced_changes_only_the_sampler():

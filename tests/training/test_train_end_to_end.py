@@ -10,7 +10,7 @@ import torch
 
 from medseg_auto.cli.main import main
 from medseg_auto.training.checkpoint import BEST, FINAL, LATEST, load_checkpoint
-from medseg_auto.training.run import TrainRequest, train_fold
+from medseg_auto.run.train import TrainRequest, train_fold
 
 FAST = dict(device="cpu", seed=0)
 FAST_SETTINGS = dict(num_workers=0)

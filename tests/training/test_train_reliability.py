@@ -8,7 +8,7 @@ import pytest
 from medseg_auto.cli.main import main
 from medseg_auto.errors import MedsegError
 from medseg_auto.training.checkpoint import FINAL, load_checkpoint
-from medseg_auto.training.run import TrainRequest, train_fold
+from medseg_auto.run.train import TrainRequest, train_fold
 
 SETTING_NAMES = {"epochs": "num_epochs", "iters_per_epoch": "iterations_per_epoch",
                  "val_iters_per_epoch": "val_iterations_per_epoch"}

@@ -8,7 +8,7 @@ import pytest
 
 from medseg_auto.errors import MedsegError
 from medseg_auto.training.checkpoint import FINAL, load_checkpoint
-from medseg_auto.training.run import PREVIOUS_RUN_FOLDER, TrainRequest, train_fold
+from medseg_auto.run.train import PREVIOUS_RUN_FOLDER, TrainRequest, train_fold
 from medseg_auto.training.trainer import Trainer
 
 QUICK = dict(device="cpu", seed=0, final_validation=False,

@@ -12,7 +12,7 @@ from medseg_auto.errors import MedsegError
 from medseg_auto.training.hooks import DomainMethod, TrainingContext, TrainingSettings
 from medseg_auto.training.network import build_dynunet, tap_channels
 from medseg_auto.training.registry import register_trainer
-from medseg_auto.training.run import TrainRequest, train_fold
+from medseg_auto.run.train import TrainRequest, train_fold
 from medseg_auto.training.trainers.intra_site_alignment import IntraSiteVariabilityAlignment
 
 from tests.helpers.toy_home import toy_configuration, toy_plans

@@ -12,7 +12,12 @@ fills one :class:`TrainRequest`; :func:`train_fold` then runs a few named steps:
    ``previous_run/`` on a fresh start; the split recorded;
 4. :func:`_build_trainer` and :func:`_restore` (``continue_training`` or ``pretrained``), then
    ``Trainer.fit``;
-5. the final validation (unless ``final_validation=False``).
+5. the final validation (unless ``final_validation=False``):
+   :func:`~medseg_auto.evaluation.validation.run_final_validation` with the trained network.
+
+It sits above the inference and evaluation stages because of step 5 (nnU-Net's
+``run/run_training.py`` likewise trains, then validates); the training stage itself knows
+nothing of prediction.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import torch
 import torch.distributed as dist
 
 from medseg_auto.errors import DatasetError, MedsegError
+from medseg_auto.evaluation.validation import VALIDATION_FOLDER, FinalValidationRequest, run_final_validation
 from medseg_auto.paths import DataHome, check_safe_name
 from medseg_auto.planning.plans import PLANS_FILE_NAME, Plans
 from medseg_auto.preprocessing.cache import PreprocessedCache
@@ -38,7 +44,6 @@ from medseg_auto.training.distributed import (
     DistributedContext, barrier, configure_threads, rank_batch_size, context_from_environment, destroy_process_group, init_process_group,
     resolve_device,
 )
-from medseg_auto.training.final_validation import VALIDATION_FOLDER, FinalValidationRequest, run_final_validation
 from medseg_auto.training.hooks import DomainMethod, TrainingSettings
 from medseg_auto.training.progress import TRAINING_LOG, training_log_file
 from medseg_auto.training.registry import TrainerSpec, get_trainer
@@ -50,7 +55,7 @@ from medseg_auto.utils.atomic import read_json, write_json_atomic
 from medseg_auto.utils.logging_setup import get_logger
 
 COPIED_FILES = ("dataset.json", "dataset_fingerprint.json")
-log = get_logger("training.run")
+log = get_logger("run.train")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import pytest
 from medseg_auto.dataset.dataset_json import DatasetSpec
 from medseg_auto.dataset.synthetic import make_synthetic_dataset, synthetic_home
 from medseg_auto.evaluation.evaluate import evaluate_folders
-from medseg_auto.inference.validation import validate_cases
+from medseg_auto.evaluation.validation import validate_cases
 from medseg_auto.preprocessing.cache import PreprocessedCache
 from medseg_auto.preprocessing.pipeline import plan_and_preprocess
 

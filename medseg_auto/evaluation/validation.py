@@ -1,14 +1,20 @@
-"""Final validation of a training run: predict every validation case of the fold at full
-resolution, export it in the case's original geometry, and score it against the raw label
-file with the same per-case function as ``medseg-auto evaluate``, so both give equal numbers.
+"""The final validation of a trained fold (nnU-Net's ``perform_actual_validation``): predict
+every validation case at full resolution, export it in the case's original geometry, and score
+it against the raw label file with the same per-case function as ``medseg-auto evaluate``, so
+both give equal numbers. Per-case metrics go to ``fold_F/validation/{metrics.csv, summary.json,
+summary.md}``.
 
 Cases come from the preprocessed cache (already through the shared pipeline), which avoids
-reading and preprocessing the raw images a second time.
+reading and preprocessing the raw images a second time. :func:`run_final_validation` is the
+last step of :func:`medseg_auto.run.train.train_fold`; :func:`validate_cases` also scores the
+experiments' test cases.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,9 +35,63 @@ from medseg_auto.inference.model_loading import LoadedModel
 from medseg_auto.inference.predict import PredictionOptions, predict_preprocessed
 from medseg_auto.planning.plans import ConfigurationPlan, Plans
 from medseg_auto.preprocessing.cache import PreprocessedCache
+from medseg_auto.utils.atomic import write_json_atomic
 from medseg_auto.utils.logging_setup import get_logger
 
-log = get_logger("inference.validation")
+VALIDATION_FOLDER = "validation"
+SUMMARY_FILE = "summary.json"
+
+log = get_logger("evaluation.validation")
+
+
+@dataclass
+class FinalValidationRequest:
+    """Everything needed to validate one trained fold.
+
+    ``network`` is the bare module (on ``device``) holding the weights of ``checkpoint_name``;
+    its eval forward maps ``(B, C, *patch)`` to logits ``(B, K, *patch)``. ``output_folder`` is
+    ``fold_F/validation``; ``mirror_axes`` the axes allowed for test-time mirroring (None: none);
+    ``save_probabilities`` is ``--npz``. ``reference_sites``: the sites the training batches
+    came from (:mod:`~medseg_auto.training.sampled_sites`); only validation cases of these sites
+    form the OOD reference (None: every validation case).
+    """
+
+    fold_folder: Path
+    output_folder: Path
+    network: nn.Module
+    plans: Plans
+    configuration_name: str
+    case_ids: list[str]
+    preprocessed_dataset_folder: Path
+    raw_dataset_folder: Path | None
+    device: torch.device
+    mirror_axes: list[int] | None
+    save_probabilities: bool = False
+    checkpoint_name: str = "checkpoint_final.pt"
+    show_progress: bool = True
+    reference_sites: list[str | None] | None = None
+
+
+def run_final_validation(request: FinalValidationRequest) -> dict[str, Any]:
+    """Predict and score the fold's validation cases with :func:`validate_cases` (the OOD
+    reference written beside the checkpoints); return (and write) the summary."""
+    summary_path = request.output_folder / SUMMARY_FILE
+    request.network.eval()
+    log.info("final validation of %d cases with %s", len(request.case_ids), request.checkpoint_name)
+    if request.raw_dataset_folder is None:
+        raise FileNotFoundError("the raw dataset folder is needed to score the validation cases")
+    config = request.plans.configuration(request.configuration_name)
+    spec = DatasetSpec.load(request.raw_dataset_folder)
+    cache = PreprocessedCache(Path(request.preprocessed_dataset_folder) / config.data_identifier)
+    summary = validate_cases(
+        request.network, request.plans, config, cache, list(request.case_ids), spec, Path(request.output_folder),
+        request.mirror_axes, request.device, save_probabilities=request.save_probabilities,
+        show_progress=request.show_progress, ood_reference_file=Path(request.fold_folder) / OOD_REFERENCE_FILE,
+        ood_reference_sites=request.reference_sites,
+    )
+    if not summary_path.is_file():
+        write_json_atomic(summary_path, summary)
+    return summary
 
 
 def validate_cases(
@@ -90,21 +150,3 @@ def validate_cases(
     log.info("final validation of %d case(s): mean foreground Dice %s", len(case_ids),
              summary.get("foreground_mean", {}).get("dice"))
     return summary
-
-
-def predict_validation_cases(request) -> dict:
-    """Entry point of the training's final validation (``training.final_validation``): unpack
-    its :class:`FinalValidationRequest` and validate with :func:`validate_cases`."""
-    plans = request.plans
-    config = plans.configuration(request.configuration_name)
-    if request.raw_dataset_folder is None:
-        raise FileNotFoundError("the raw dataset folder is needed to score the validation cases")
-    spec = DatasetSpec.load(request.raw_dataset_folder)
-    cache = PreprocessedCache(Path(request.preprocessed_dataset_folder) / config.data_identifier)
-    return validate_cases(
-        request.network, plans, config, cache, list(request.case_ids), spec, Path(request.output_folder),
-        request.mirror_axes, request.device, save_probabilities=request.save_probabilities,
-        ood_reference_file=Path(request.fold_folder) / OOD_REFERENCE_FILE,
-        show_progress=getattr(request, "show_progress", True),
-        ood_reference_sites=getattr(request, "reference_sites", None),
-    )
