@@ -58,7 +58,8 @@ def register_methods(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("--train-sites", nargs="+", default=None, metavar="SITE",
                         help="use only these sites of the training dataset (default: all)")
     parser.add_argument("--trainers", nargs="+", default=["Base"],
-                        help="trainer names or 'all' (every from-scratch trainer); Base is always included")
+                        help="trainer names or 'all' (every from-scratch trainer, less those whose mechanism needs "
+                             "more training sites than the training cases hold); Base is always included")
     parser.add_argument("--networks", nargs="+", default=[], metavar="NETWORK",
                         help="network variants, each an extra arm 'Base-NETWORK' (e.g. disseg catenorm)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (same splits for all)")

@@ -10,7 +10,9 @@ on one side, so no test image has a copy in training. Every case of every extern
 (``test_datasets``) is a test case; those datasets are never trained or validated on.
 
 Arms: each trainer (``all``: every registered trainer that trains from scratch without extra
-inputs, see :data:`NOT_IN_ALL`) with the default network, plus Base with each network variant
+inputs, see :data:`NOT_IN_ALL`, and none whose ``min_training_sites`` exceeds the sites of the
+training cases: on one site SiteBalanced is Base, so it would be counted twice; see
+:func:`arms_for_sites`) with the default network, plus Base with each network variant
 (``networks``, arm name ``Base-NETWORK`` as in the results folder). Base is always an arm: it
 is the reference of the paired statistics. ``fda``: one more arm, ``Base+FDA``: each seed's
 Base model predicting the external sets with prediction-time FDA (:mod:`.fda_arm`).
@@ -42,6 +44,7 @@ from medseg_auto.experiments.data_addition import ExperimentOutcome
 from medseg_auto.experiments.splits import ExperimentSplitError, load_or_write_splits, split_off_linked
 from medseg_auto.paths import DataHome
 from medseg_auto.training.network_registry import DEFAULT_NETWORK
+from medseg_auto.training.site_requirements import count_sites
 from medseg_auto.utils.atomic import write_json_atomic
 from medseg_auto.utils.logging_setup import get_logger
 
@@ -69,6 +72,7 @@ class Arm:
     name: str
     trainer: str
     network: str = DEFAULT_NETWORK
+    from_all: bool = field(default=False, compare=False)  # came from ``--trainers all``, not by name
 
 
 @dataclass
@@ -99,6 +103,7 @@ def resolve_arms(trainers: Sequence[str], networks: Sequence[str] = (), quiet: b
     from medseg_auto.training.registry import available_trainers, get_trainer
 
     names: list[str] = []
+    named = {name for name in trainers if name != ALL}
     for name in trainers:
         if name == ALL:
             skipped = [t for t in available_trainers() if t in NOT_IN_ALL]
@@ -109,7 +114,7 @@ def resolve_arms(trainers: Sequence[str], networks: Sequence[str] = (), quiet: b
             get_trainer(name)
             names.append(name)
     ordered = [BASE] + [name for index, name in enumerate(names) if name != BASE and name not in names[:index]]
-    arms = [Arm(name, name) for name in ordered]
+    arms = [Arm(name, name, from_all=name not in named and name != BASE) for name in ordered]
     known_networks = available_networks()
     for network in networks:
         if network not in known_networks:
@@ -117,6 +122,26 @@ def resolve_arms(trainers: Sequence[str], networks: Sequence[str] = (), quiet: b
         if network != DEFAULT_NETWORK:
             arms.append(Arm(f"{BASE}-{network}", BASE, network))
     return arms
+
+
+def arms_for_sites(arms: Sequence[Arm], n_sites: int) -> tuple[list[Arm], dict[str, str]]:
+    """Leave out the arms from ``--trainers all`` whose trainer needs more training sites than
+    ``n_sites`` (it would reduce to another arm, :mod:`medseg_auto.training.site_requirements`);
+    return the kept arms and ``{left-out trainer: why}``. Arms named explicitly stay, with a warning."""
+    from medseg_auto.training.site_requirements import trainers_needing_more_sites
+
+    needs = trainers_needing_more_sites(sorted({arm.trainer for arm in arms}), n_sites)
+    left_out = {arm.name: f"needs >= {needs[arm.trainer]} training sites, the training cases hold {n_sites}"
+                for arm in arms if arm.from_all and arm.trainer in needs}
+    if left_out:
+        log.info("--trainers all leaves out %s: with fewer sites each reduces to another arm",
+                 "; ".join(f"{name} ({why})" for name, why in left_out.items()))
+    for arm in arms:
+        if not arm.from_all and arm.trainer in needs:
+            log.warning("%s needs >= %d training sites, the training cases hold %d: it runs as asked, but its "
+                        "mechanism has nothing to work across (read its numbers as those of the trainer it reduces "
+                        "to)", arm.name, needs[arm.trainer], n_sites)
+    return [arm for arm in arms if arm.name not in left_out], left_out
 
 
 def default_folder(home: DataHome, request: MethodsRequest) -> Path:
@@ -221,13 +246,15 @@ def run_methods(home: DataHome, request: MethodsRequest, show_progress: bool = T
         raise MedsegError(f"--train-sites {', '.join(unknown)}: not a site of {data.dataset_name} "
                           f"(sites: {', '.join(known_sites)})")
     case_ids = sorted(c for c, s in data.sites.items() if request.train_sites is None or s in request.train_sites)
+    arms, left_out = arms_for_sites(arms, count_sites(case_ids, data.sites))
     folder = Path(request.output) if request.output is not None else default_folder(home, request)
     split_settings = {"dataset": data.dataset_name, "train_sites": request.train_sites,
                       "test_fraction": request.test_fraction, "val_fraction": request.val_fraction,
                       "seed": request.split_seed, "duplicate_distance": request.duplicate_distance}
     identity = {**split_settings, **{k: v for k, v in o.identity().items() if k != "network"},
                 "test_datasets": sorted(externals)}
-    check_experiment_settings(folder, identity, {"arms": [arm.name for arm in arms], "seeds": request.seeds})
+    check_experiment_settings(folder, identity, {"arms": [arm.name for arm in arms], "seeds": request.seeds,
+                                                 "left_out_for_sites": left_out})
     splits = load_or_write_splits(folder, split_settings, lambda: draw_splits(data, case_ids, request, folder),
                                   list(data.sites))
     log.info("%s: %d training, %d validation, %d in-domain test case(s); external: %s", data.dataset_name,
