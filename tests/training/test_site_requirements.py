@@ -12,7 +12,7 @@ from medseg_auto.training.run import TrainRequest, train_fold
 from medseg_auto.training.site_requirements import count_sites, trainers_needing_more_sites, warn_if_too_few_sites
 
 NEED_TWO_SITES = ("SiteBalanced", "SiteAdversarial", "ExchangeableFeatureDiscrepancy", "RandomAmplitudeMixup",
-                  "SemanticGuidedContrastiveRAM")
+                  "SemanticGuidedContrastiveRAM", "MixedMinibatchTransfer")
 
 
 @pytest.mark.parametrize("name", NEED_TWO_SITES)
