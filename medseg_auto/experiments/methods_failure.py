@@ -154,8 +154,11 @@ def failure_markdown(table: pd.DataFrame) -> list[str]:
 def failure_note(table: pd.DataFrame) -> str:
     """What the failure-prediction table shows, and how many rows lack signals."""
     missing = int((table["n_seeds_with_signals"] < table["n_seeds"]).sum()) if not table.empty else 0
-    return (f"A case fails below Dice {FAILURE_DICE}. `predict` flags likely failures by `{DEFAULT_SIGNAL}`. AUROC of each per-case signal for failure (1: every failed case "
-             "scores above every good one; 0.5: chance), mean ± sd over the seeds where the set has both outcomes "
-             "(seeds); failure rate: mean ± sd over seeds. `-`: no seed has that signal"
-             + (f"; {missing} row(s) come from cells finished before the signals were recorded (their signals are "
-                "missing: a rerun of such a cell's prediction would be needed)" if missing else "") + ".")
+    note = (f"A case fails below Dice {FAILURE_DICE}; `predict` flags likely failures by `{DEFAULT_SIGNAL}`. "
+            "AUROC of each per-case signal for failure (1: every failed case scores above every good one; "
+            "0.5: chance), mean ± sd over the seeds where the set has both outcomes (seeds); failure rate: "
+            "mean ± sd over seeds. `-`: no seed has that signal")
+    if missing:
+        note += (f"; {missing} row(s) come from cells finished before the signals were recorded (their signals "
+                 "are missing: a rerun of such a cell's prediction would be needed)")
+    return note + "."
