@@ -48,11 +48,14 @@ examples:
   medseg-auto experiment methods BreastUS --train-sites busi --test-datasets STU Hospital3 \\
       --trainers all --networks disseg catenorm --fda --seeds 0 1 2 -j 4
   # on a SLURM cluster: one GPU job per cell, 20 at a time
-  medseg-auto experiment methods BUSI --test-datasets STU --trainers all --seeds 0 1 2 \
+  medseg-auto experiment methods BUSI --test-datasets STU --trainers all --seeds 0 1 2 \\
       --executor slurm --slurm-partition gpu --gpus-per-cell 1 --cpus-per-cell 8 --mem-gb 32 -j 20
   # resume (same command); tables of what is finished, without running anything
-  medseg-auto experiment methods BUSI --test-datasets STU -p plans_cpu_coarse --trainers all --seeds 0 1 2 \
+  medseg-auto experiment methods BUSI --test-datasets STU -p plans_cpu_coarse --trainers all --seeds 0 1 2 \\
       --epochs 6 --iters-per-epoch 50 --report-only
+  # failure signals for cells finished before cells recorded them (their prediction time again)
+  medseg-auto experiment methods BUSI --test-datasets STU -p plans_cpu_coarse --trainers all --seeds 0 1 2 \\
+      --epochs 6 --iters-per-epoch 50 --report-only --add-signals
   cat medseg_auto_data/results/Dataset501_BUSI/experiments/methods__2d__plans_cpu_coarse/leaderboard.md
 """
 
@@ -92,6 +95,10 @@ def register_methods(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-workers", type=int, default=None, help="data-loading processes per training")
     parser.add_argument("--report-only", action="store_true",
                         help="run no cell: rewrite the tables from the finished cells (e.g. while another call runs)")
+    parser.add_argument("--add-signals", action="store_true",
+                        help="predict again the test sets of finished cells that lack failure signals (cells "
+                             "computed before cells recorded them; costs their prediction time again), then "
+                             "rewrite the tables; with --report-only no cell is trained")
     parser.add_argument("--out", type=Path, default=None, help="experiment folder (default under results/DATASET/experiments/)")
     add_executor_arguments(parser)
     add_home_argument(parser)
@@ -118,6 +125,7 @@ def run_methods_command(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction, split_seed=args.split_seed,
         duplicate_distance=DEFAULT_MAX_DISTANCE if args.duplicate_distance is None else args.duplicate_distance,
         executor=executor_settings(args), output=args.out, report_only=args.report_only, fda=args.fda,
+        add_signals=args.add_signals,
     )
     experiment.check_request(request, quiet=True)  # a typo in a trainer name should cost nothing
     request.dataset = home.find_dataset(args.dataset)

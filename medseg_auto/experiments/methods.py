@@ -93,6 +93,7 @@ class MethodsRequest:
     output: Path | None = None
     report_only: bool = False
     fda: bool = False
+    add_signals: bool = False  # predict again the test sets of finished cells that lack failure signals
 
 
 def resolve_arms(trainers: Sequence[str], networks: Sequence[str] = (), quiet: bool = False) -> list[Arm]:
@@ -275,6 +276,10 @@ def run_methods(home: DataHome, request: MethodsRequest, show_progress: bool = T
     tasks = [MethodsCellTask(data, cell, replace(o, network=arm.network), path, f"{index}/{len(todo)}")
              for index, (cell, path, arm) in enumerate(todo, start=1)]
     failures = run_method_tasks(tasks, executor, folder, write, show_progress)
+    if request.add_signals:
+        from medseg_auto.experiments.backfill_signals import add_missing_signals
+
+        add_missing_signals(data, [(cell, path) for cell, path, _ in cells], o)
     files = write()
     rows = [row for row in (read_done(path) for _, path, _ in cells) if row is not None]
     if failures:

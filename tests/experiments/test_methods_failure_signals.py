@@ -4,6 +4,7 @@ failure; cells finished before the signals existed show ``-``, not an error."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -76,3 +77,19 @@ def test_every_cell_writes_failure_signals_for_in_domain_and_external_sets(bench
     table = pd.read_csv(out / "failure_prediction.csv")
     assert set(table["test_set"]) == {"in_domain", "ExtRGB"} and table["n_seeds_with_signals"].eq(1).all()
     assert "Which cases fail" in (out / "leaderboard.md").read_text()
+
+    # a cell finished before cells recorded signals: --add-signals predicts its sets again and
+    # gives the same signals, leaving its scored predictions and metrics as they were
+    originals = {name: (cell / f"test_{name}" / SIGNALS_FILE).read_text() for name in ("in_domain", "ExtRGB")}
+    metrics_times = {name: (cell / f"test_{name}" / "metrics.csv").stat().st_mtime_ns for name in originals}
+    for name in originals:
+        (cell / f"test_{name}" / SIGNALS_FILE).unlink()
+    assert main(argv + ["--report-only"]) == 0
+    assert "0 of 1" in (out / "leaderboard.md").read_text()  # shown as missing, not an error
+    assert main(argv + ["--report-only", "--add-signals"]) == 0
+    for name, text in originals.items():
+        again = pd.read_csv(cell / f"test_{name}" / SIGNALS_FILE, dtype={"case_id": str})
+        pd.testing.assert_frame_equal(again, pd.read_csv(io.StringIO(text), dtype={"case_id": str}))
+        assert (cell / f"test_{name}" / "metrics.csv").stat().st_mtime_ns == metrics_times[name]
+    assert not list(cell.glob(".signals-*"))  # the scratch predictions are gone
+    assert pd.read_csv(out / "failure_prediction.csv")["n_seeds_with_signals"].eq(1).all()
