@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from medseg_auto.cli.common import HelpFormatter, add_home_argument, add_logging_arguments, resolve_home, start_log
+from medseg_auto.cli.executor_options import add_executor_arguments, executor_settings
 from medseg_auto.utils.logging_setup import configure_logging, get_logger
 
 log = get_logger("cli.experiment")
@@ -24,7 +25,8 @@ RGB images are converted to a grey model's channel (luminance, with a warning), 
 spacings are resampled as in 'predict'.
 
 Cells (one per arm and seed) run seed by seed (every arm's seed 0 first), one after another,
-or in N processes with -j N. Each cell writes cells/ARM/seedS/done.json and is never run again:
+in N processes with -j N, or as SLURM jobs with --executor slurm (see "executor" below; the
+Base+FDA cells then run after the Base cells they use). Each cell writes cells/ARM/seedS/done.json and is never run again:
 rerun the same command to resume (an interrupted training continues from its checkpoint), or
 add trainers or seeds. A failing cell is logged (failed.json) and the others go on. Changing the
 budget, plans or splits needs another --out.
@@ -33,7 +35,10 @@ Writes into --out (default results/DATASET/experiments/methods__CONFIG__PLANS/):
 row per cell), per_case.csv, leaderboard.csv/.json/.md/.html (per arm, test set and site: Dice
 mean ± sd over seeds; paired per-case difference to Base with a bootstrap 95% CI and a Wilcoxon
 p-value Holm-corrected over arms; a harm flag where in-domain Dice < 95% of Base's; HTML with
-per-site bars and a per-case Dice-vs-Base scatter), splits.json, duplicates.json, logs/.
+per-site bars and a per-case Dice-vs-Base scatter), failure_prediction.csv (per arm and test set:
+how well each per-case signal, OOD score, softmax entropy, mirrored-view disagreement, predicts
+a failed case, Dice < 0.5, as AUROC; also in the .md/.html/.json), splits.json, duplicates.json,
+logs/. Each cell's test_SET/ folders hold its predictions, metrics.csv and failure_signals.csv.
 
 examples:
   # train on BUSI, test in domain and on STU (never trained on); 3 seeds, 300 iterations per cell
@@ -42,9 +47,15 @@ examples:
   # every registered from-scratch trainer, the network variants and prediction-time FDA, 4 cells at a time
   medseg-auto experiment methods BreastUS --train-sites busi --test-datasets STU Hospital3 \\
       --trainers all --networks disseg catenorm --fda --seeds 0 1 2 -j 4
+  # on a SLURM cluster: one GPU job per cell, 20 at a time
+  medseg-auto experiment methods BUSI --test-datasets STU --trainers all --seeds 0 1 2 \\
+      --executor slurm --slurm-partition gpu --gpus-per-cell 1 --cpus-per-cell 8 --mem-gb 32 -j 20
   # resume (same command); tables of what is finished, without running anything
-  medseg-auto experiment methods BUSI --test-datasets STU -p plans_cpu_coarse --trainers all --seeds 0 1 2 \
+  medseg-auto experiment methods BUSI --test-datasets STU -p plans_cpu_coarse --trainers all --seeds 0 1 2 \\
       --epochs 6 --iters-per-epoch 50 --report-only
+  # failure signals for cells finished before cells recorded them (their prediction time again)
+  medseg-auto experiment methods BUSI --test-datasets STU -p plans_cpu_coarse --trainers all --seeds 0 1 2 \\
+      --epochs 6 --iters-per-epoch 50 --report-only --add-signals
   cat medseg_auto_data/results/Dataset501_BUSI/experiments/methods__2d__plans_cpu_coarse/leaderboard.md
 """
 
@@ -58,7 +69,8 @@ def register_methods(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("--train-sites", nargs="+", default=None, metavar="SITE",
                         help="use only these sites of the training dataset (default: all)")
     parser.add_argument("--trainers", nargs="+", default=["Base"],
-                        help="trainer names or 'all' (every from-scratch trainer); Base is always included")
+                        help="trainer names or 'all' (every from-scratch trainer, less those whose mechanism needs "
+                             "more training sites than the training cases hold); Base is always included")
     parser.add_argument("--networks", nargs="+", default=[], metavar="NETWORK",
                         help="network variants, each an extra arm 'Base-NETWORK' (e.g. disseg catenorm)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (same splits for all)")
@@ -79,12 +91,16 @@ def register_methods(kinds: argparse._SubParsersAction) -> None:
                         help="model tested: validation-selected best (final if none) or final")
     parser.add_argument("--trainer-option", action="append", default=[], metavar="KEY=VALUE",
                         help="trainer option by its argparse dest, value as JSON if it parses (repeatable)")
-    parser.add_argument("-j", "--jobs", type=int, default=1, help="cells run in parallel processes")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train and predict")
     parser.add_argument("--num-workers", type=int, default=None, help="data-loading processes per training")
     parser.add_argument("--report-only", action="store_true",
                         help="run no cell: rewrite the tables from the finished cells (e.g. while another call runs)")
+    parser.add_argument("--add-signals", action="store_true",
+                        help="predict again the test sets of finished cells that lack failure signals (cells "
+                             "computed before cells recorded them; costs their prediction time again), then "
+                             "rewrite the tables; with --report-only no cell is trained")
     parser.add_argument("--out", type=Path, default=None, help="experiment folder (default under results/DATASET/experiments/)")
+    add_executor_arguments(parser)
     add_home_argument(parser)
     add_logging_arguments(parser)
     parser.set_defaults(handler=run_methods_command)
@@ -108,7 +124,8 @@ def run_methods_command(args: argparse.Namespace) -> int:
         test_datasets=args.test_datasets, train_sites=args.train_sites, test_fraction=args.test_fraction,
         val_fraction=args.val_fraction, split_seed=args.split_seed,
         duplicate_distance=DEFAULT_MAX_DISTANCE if args.duplicate_distance is None else args.duplicate_distance,
-        jobs=args.jobs, output=args.out, report_only=args.report_only, fda=args.fda,
+        executor=executor_settings(args), output=args.out, report_only=args.report_only, fda=args.fda,
+        add_signals=args.add_signals,
     )
     experiment.check_request(request, quiet=True)  # a typo in a trainer name should cost nothing
     request.dataset = home.find_dataset(args.dataset)

@@ -32,7 +32,8 @@ from medseg_auto.inference.feature_statistics import CaseFeatureRecorder, has_ta
 from medseg_auto.inference.ood import OOD_REFERENCE_FILE
 from medseg_auto.inference.ood_references import save_reference
 from medseg_auto.inference.model_loading import LoadedModel
-from medseg_auto.inference.predict import PredictionOptions, predict_preprocessed
+from medseg_auto.inference.predict import CaseScorer, PredictionOptions, predict_images
+from medseg_auto.inference.uncertainty import SIGNALS_FILE, CaseSignals, write_signal_table
 from medseg_auto.planning.plans import ConfigurationPlan, Plans
 from medseg_auto.preprocessing.cache import PreprocessedCache
 from medseg_auto.utils.atomic import write_json_atomic
@@ -109,13 +110,21 @@ def validate_cases(
     show_progress: bool = True,
     ood_reference_file: Path | None = None,
     ood_reference_sites: list[str | None] | None = None,
+    signals: bool = False,
+    ood: CaseScorer | None = None,
 ) -> dict:
     """Predict and score ``case_ids``; write ``output_folder/{CASE.ext, metrics.csv,
     summary.json, summary.md}`` and return the summary dict.
 
     With ``ood_reference_file``, hooks record the cases' early-layer feature statistics during
     the same prediction pass and the OOD reference (:mod:`.ood`) is written there, from the cases
-    of ``ood_reference_sites`` only (the sites the model trained on; None: every case)."""
+    of ``ood_reference_sites`` only (the sites the model trained on; None: every case).
+
+    With ``signals`` every case's failure signals (:mod:`.uncertainty`: softmax entropy, mirror
+    disagreement, ...; and with ``ood``, a scorer watching the same passes, its OOD score) are
+    read from the same forward passes and written to ``output_folder/``:data:`SIGNALS_FILE`."""
+    if ood is not None and ood_reference_file is not None:
+        raise ValueError("validate_cases: record an OOD reference or score against one, not both")
     output_folder.mkdir(parents=True, exist_ok=True)
     model = LoadedModel(network, plans, config, mirror_axes, "validation")
     options = PredictionOptions(step_size=step_size, device=str(device), show_progress=False)
@@ -123,10 +132,17 @@ def validate_cases(
     rows_by_case: dict[str, list[dict]] = {}
     labels = [value for value in spec.label_values if value != 0]
     recorder = CaseFeatureRecorder() if ood_reference_file is not None and has_taps(network) else None
+    collector = CaseSignals() if signals else None
+    case_signals: dict[str, dict[str, float]] = {}
+    ood_scores: dict[str, dict] = {}
     statistics: dict[str, np.ndarray] = {}
     for case_id in tqdm(case_ids, desc="final validation", unit="case", disable=not show_progress):
         data, _, properties = cache.load_case(case_id, mmap=False)
-        probabilities = predict_preprocessed([model], data, options, device, recorder)
+        probabilities = predict_images([model], [data], options, device, ood or recorder, collector)
+        if collector is not None:
+            case_signals[case_id] = collector.finish(probabilities)
+        if ood is not None:
+            ood_scores[case_id] = ood.score_case() or {}
         if recorder is not None:
             recorded = recorder.take()
             if 0 in recorded and (ood_reference_sites is None or properties.site in ood_reference_sites):
@@ -142,6 +158,8 @@ def validate_cases(
                            training_sites=ood_reference_sites)
         except (MedsegError, ValueError, ArithmeticError, np.linalg.LinAlgError) as error:
             log.warning("OOD reference not written to %s: %s", ood_reference_file, error)
+    if collector is not None:
+        write_signal_table(output_folder / SIGNALS_FILE, ood_scores, case_signals)
     sites = {case: spec.sites[case] for case in case_ids if case in spec.sites} or None
     table = tabulate(rows_by_case, sites)
     names = {value: name for name, value in spec.labels.items()}

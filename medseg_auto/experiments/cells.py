@@ -5,7 +5,9 @@ goes through :func:`~medseg_auto.run.train.train_fold` with ``split=(train, val)
 ``results/DATASET/TRAINER__PLANS__CONFIG/fold_<tag>/`` (so ``medseg-auto predict -f <tag>``
 works on it too); the test cases are predicted from the preprocessed cache and scored against
 the raw labels by :func:`~medseg_auto.evaluation.validation.validate_cases` (the numbers
-``medseg-auto evaluate`` gives on the same files), into ``<cell folder>/test_<name>/``.
+``medseg-auto evaluate`` gives on the same files), into ``<cell folder>/test_<name>/``, with
+every case's failure signals (``failure_signals.csv``: OOD score, entropy, mirror
+disagreement; read from the same forward passes, no second prediction).
 
 Resuming. ``<cell folder>/done.json`` is written atomically after the evaluation and holds the
 cell's result row; a cell with it is never run again. A cell without it resumes: training with
@@ -142,17 +144,18 @@ def run_cell(data: ExperimentData, cell: Cell, options: TrainingOptions, cell_fo
     row: dict[str, Any] = {"trainer": cell.trainer, **cell.info, "n_train": len(cell.train_ids),
                            "n_val": len(cell.val_ids), "seed": cell.seed}
     model, checkpoint = _load_model(fold_folder, options.checkpoint)
+    ood = ood_scorer(data, model, fold_folder, options.device)
     for name, case_ids in cell.test_sets.items():
         if not case_ids:
             continue
-        summary = _score(data, model, case_ids, cell_folder / f"test_{name}", options.device)
+        summary = _score(data, model, case_ids, cell_folder / f"test_{name}", options.device, ood)
         _write_case_feature_discrepancy(data, model, case_ids, cell_folder / f"test_{name}", options.device)
         mean = summary.get("foreground_mean", {})
         row.update({f"dice_{name}": mean.get("dice"), f"iou_{name}": mean.get("iou"), f"n_{name}": len(case_ids)})
     for name, raw_folder in cell.external_sets.items():
         from medseg_auto.experiments.external import score_external
 
-        summary = score_external(model, Path(raw_folder), cell_folder / f"test_{name}", options.device)
+        summary = score_external(model, Path(raw_folder), cell_folder / f"test_{name}", options.device, ood=ood)
         mean = summary.get("foreground_mean", {})
         row.update({f"dice_{name}": mean.get("dice"), f"iou_{name}": mean.get("iou"), f"n_{name}": summary.get("num_cases")})
     row.update(checkpoint=checkpoint, fold_folder=str(fold_folder), seconds=round(time.perf_counter() - started, 1))
@@ -197,14 +200,32 @@ def _load_model(fold_folder: Path, checkpoint: str):
     return load_fold(fold_folder.parent, tag, chosen), chosen
 
 
-def _score(data: ExperimentData, model, case_ids: list[str], output: Path, device: str) -> dict[str, Any]:
-    """Predict ``case_ids`` from the cache and score them (``output``: predictions, metrics.csv, summary.json)."""
+def _score(data: ExperimentData, model, case_ids: list[str], output: Path, device: str, ood=None) -> dict[str, Any]:
+    """Predict ``case_ids`` from the cache and score them (``output``: predictions, metrics.csv,
+    summary.json, and the per-case failure signals ``failure_signals.csv``)."""
     from medseg_auto.inference.predict import resolve_device
     from medseg_auto.evaluation.validation import validate_cases
 
     torch_device = resolve_device(device)
     return validate_cases(model.network.to(torch_device), model.plans, model.config, data.cache, case_ids,
-                          data.spec, output, model.mirror_axes, torch_device, show_progress=False)
+                          data.spec, output, model.mirror_axes, torch_device, show_progress=False,
+                          signals=True, ood=ood)
+
+
+def ood_scorer(data: ExperimentData, model, fold_folder: Path, device: str):
+    """The OOD scorer of the cell's model (its fold's reference, built from the training sites
+    by the final validation, or made from the cache when that was for other weights), so every
+    test case also gets the feature-distance score among its failure signals; None (logged)
+    where the network has no feature taps or no reference can be made."""
+    from medseg_auto.inference.ood_references import make_scorer
+    from medseg_auto.inference.predict import resolve_device
+
+    try:
+        return make_scorer([model], fold_folder.parent, data.home.preprocessed_dataset(data.dataset_name),
+                           resolve_device(device))
+    except MedsegError as error:
+        log.warning("%s: no OOD score among the failure signals (%s)", fold_folder, error)
+        return None
 
 
 def _write_case_feature_discrepancy(data: ExperimentData, model, case_ids: list[str], output: Path, device: str) -> None:

@@ -7,8 +7,11 @@ geometry) and is scored like ``medseg-auto evaluate`` against its ``labelsTr``. 
 imported like any other (``import-folder``/``import-msd``) and needs no plans of its own.
 
 Output folder: one prediction per case, ``metrics.csv``, ``summary.json`` and ``summary.md``
-(per site, from the external dataset's own ``sites``). Predictions already there are kept
-(``predict`` skips them), so an interrupted scoring resumes.
+(per site, from the external dataset's own ``sites``), and ``failure_signals.csv``: every
+case's failure signals (:mod:`medseg_auto.inference.uncertainty`, read from the same forward
+passes; the OOD score with ``ood``). Predictions already there are kept (``predict`` skips
+them), so an interrupted scoring resumes, except that the cases are predicted again when the
+signal table is missing (an interrupted run writes none), so that every case has its signals.
 """
 
 from __future__ import annotations
@@ -23,21 +26,27 @@ from medseg_auto.utils.logging_setup import get_logger
 log = get_logger("experiments.external")
 
 
-def score_external(model, raw_folder: Path, output: Path, device: str, fda=None) -> dict[str, Any]:
+def score_external(model, raw_folder: Path, output: Path, device: str, fda=None, ood=None) -> dict[str, Any]:
     """Predict every ``imagesTr`` case of the raw dataset ``raw_folder`` with ``model`` (a
     :class:`~medseg_auto.inference.predict.LoadedModel`; ``fda``: an optional
-    :class:`~medseg_auto.inference.fda_donors.FdaAdapter`) and score it; return the summary dict."""
+    :class:`~medseg_auto.inference.fda_donors.FdaAdapter`; ``ood``: an optional OOD scorer,
+    :class:`~medseg_auto.inference.ood_references.OodScorer`) and score it; return the summary dict."""
+    from medseg_auto.inference.uncertainty import SIGNALS_FILE, write_signal_table
     from medseg_auto.evaluation.evaluate import evaluate_folders
     from medseg_auto.evaluation.writing import write_evaluation
     from medseg_auto.inference.predict import PredictionOptions, predict_folder
 
     spec = DatasetSpec.load(raw_folder)
     output.mkdir(parents=True, exist_ok=True)
-    options = PredictionOptions(device=device, show_progress=False, export_workers=1)
-    report = predict_folder(raw_folder / "imagesTr", output, [model], None, options, fda=fda)
+    had_signals = (output / SIGNALS_FILE).is_file()  # written once every case was predicted
+    options = PredictionOptions(device=device, show_progress=False, export_workers=1, uncertainty=True,
+                                overwrite=not had_signals)
+    report = predict_folder(raw_folder / "imagesTr", output, [model], None, options, fda=fda, ood=ood)
     if report.failed:
         shown = "; ".join(f"{case}: {error}" for case, error in list(report.failed.items())[:3])
         raise MedsegError(f"{raw_folder}: {len(report.failed)} external case(s) failed to predict ({shown})")
+    if not had_signals:
+        write_signal_table(output / SIGNALS_FILE, report.ood, report.uncertainty)
     result = evaluate_folders(output, raw_folder / "labelsTr", spec=spec, sites=spec.sites or None,
                               num_processes=1, show_progress=False)
     write_evaluation(result, output)

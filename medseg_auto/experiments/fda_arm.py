@@ -34,7 +34,7 @@ def fda_cell(base_cell: Cell, base_folder: Path, folder: Path) -> Cell:
 
 def run_fda_cell(data: ExperimentData, cell: Cell, options: TrainingOptions, folder: Path) -> dict[str, Any]:
     """Score the external sets of ``cell`` with FDA using its Base cell's model; return the row."""
-    from medseg_auto.experiments.cells import _load_model
+    from medseg_auto.experiments.cells import _load_model, ood_scorer
     from medseg_auto.experiments.external import score_external
     from medseg_auto.inference.fda import DEFAULT_BETA, DEFAULT_DONORS
     from medseg_auto.inference.fda_donors import DonorBank, FdaAdapter
@@ -48,12 +48,14 @@ def run_fda_cell(data: ExperimentData, cell: Cell, options: TrainingOptions, fol
                           "its FDA arm runs after it")
     started = time.perf_counter()
     model, checkpoint = _load_model(Path(base_row["fold_folder"]), options.checkpoint)
+    ood = ood_scorer(data, model, Path(base_row["fold_folder"]), options.device)
     bank = DonorBank.load(data.cache)
     adapter = FdaAdapter(bank, DEFAULT_BETA, DEFAULT_DONORS, spatial_axes=2 if model.config.is_2d else 3)
     row: dict[str, Any] = {"trainer": cell.trainer, **cell.info, "seed": cell.seed, "fda_beta": DEFAULT_BETA,
                            "fda_donors": DEFAULT_DONORS}
     for name, raw_folder in cell.external_sets.items():
-        summary = score_external(model, Path(raw_folder), folder / f"test_{name}", options.device, fda=adapter)
+        summary = score_external(model, Path(raw_folder), folder / f"test_{name}", options.device, fda=adapter,
+                                 ood=ood)
         mean = summary.get("foreground_mean", {})
         row.update({f"dice_{name}": mean.get("dice"), f"iou_{name}": mean.get("iou"),
                     f"n_{name}": summary.get("num_cases")})

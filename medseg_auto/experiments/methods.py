@@ -10,28 +10,28 @@ on one side, so no test image has a copy in training. Every case of every extern
 (``test_datasets``) is a test case; those datasets are never trained or validated on.
 
 Arms: each trainer (``all``: every registered trainer that trains from scratch without extra
-inputs, see :data:`NOT_IN_ALL`) with the default network, plus Base with each network variant
+inputs, see :data:`NOT_IN_ALL`, and none whose ``min_training_sites`` exceeds the sites of the
+training cases: on one site SiteBalanced is Base, so it would be counted twice; see
+:func:`arms_for_sites`) with the default network, plus Base with each network variant
 (``networks``, arm name ``Base-NETWORK`` as in the results folder). Base is always an arm: it
 is the reference of the paired statistics. ``fda``: one more arm, ``Base+FDA``: each seed's
 Base model predicting the external sets with prediction-time FDA (:mod:`.fda_arm`).
 
 Cells (:mod:`.cells`): one per arm and seed, all seeds on the same splits (so per-case
 differences pair up), ordered seed by seed (every arm's seed 0 first), so a run stopped early
-has complete seeds. Cells are independent and resumable (``done.json``); ``jobs > 1`` runs them
-in that many processes (each with ``cpu_count // jobs`` threads). A cell that fails is logged
-with its error in ``failed.json`` and the others go on; rerunning retries it. Tables
-(:mod:`.methods_tables`) are rewritten after every finished cell.
+has complete seeds. Cells are independent and resumable (``done.json``) and run through the
+experiments' one executor (:mod:`.executor`: here in order, ``-j N`` local processes with
+``cores // N`` threads each, or SLURM / submitit-local jobs), ``Base+FDA`` cells after their Base
+cell. A cell that fails is logged with its error in ``failed.json`` and the others go on;
+rerunning retries it. Tables (:mod:`.methods_tables`) are rewritten after every finished cell.
 """
 
 from __future__ import annotations
 
-import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
-from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from medseg_auto.dataset.duplicates import DEFAULT_MAX_DISTANCE, case_links, find_duplicates
 from medseg_auto.errors import MedsegError
@@ -39,9 +39,11 @@ from medseg_auto.experiments.cells import (
     Cell, ExperimentData, TrainingOptions, check_experiment_settings, read_done, run_cell, settings_hash,
 )
 from medseg_auto.experiments.data_addition import ExperimentOutcome
+from medseg_auto.experiments.executor import ExecutorSettings, run_tasks
 from medseg_auto.experiments.splits import ExperimentSplitError, load_or_write_splits, split_off_linked
 from medseg_auto.paths import DataHome
 from medseg_auto.training.network_registry import DEFAULT_NETWORK
+from medseg_auto.training.site_requirements import count_sites
 from medseg_auto.utils.atomic import write_json_atomic
 from medseg_auto.utils.logging_setup import get_logger
 
@@ -69,6 +71,7 @@ class Arm:
     name: str
     trainer: str
     network: str = DEFAULT_NETWORK
+    from_all: bool = field(default=False, compare=False)  # came from ``--trainers all``, not by name
 
 
 @dataclass
@@ -86,10 +89,11 @@ class MethodsRequest:
     val_fraction: float = 0.125
     split_seed: int = 0
     duplicate_distance: int = DEFAULT_MAX_DISTANCE
-    jobs: int = 1
+    executor: ExecutorSettings | None = None  # where the cells run (default: here, one after another)
     output: Path | None = None
     report_only: bool = False
     fda: bool = False
+    add_signals: bool = False  # predict again the test sets of finished cells that lack failure signals
 
 
 def resolve_arms(trainers: Sequence[str], networks: Sequence[str] = (), quiet: bool = False) -> list[Arm]:
@@ -99,6 +103,7 @@ def resolve_arms(trainers: Sequence[str], networks: Sequence[str] = (), quiet: b
     from medseg_auto.training.registry import available_trainers, get_trainer
 
     names: list[str] = []
+    named = {name for name in trainers if name != ALL}
     for name in trainers:
         if name == ALL:
             skipped = [t for t in available_trainers() if t in NOT_IN_ALL]
@@ -109,7 +114,7 @@ def resolve_arms(trainers: Sequence[str], networks: Sequence[str] = (), quiet: b
             get_trainer(name)
             names.append(name)
     ordered = [BASE] + [name for index, name in enumerate(names) if name != BASE and name not in names[:index]]
-    arms = [Arm(name, name) for name in ordered]
+    arms = [Arm(name, name, from_all=name not in named and name != BASE) for name in ordered]
     known_networks = available_networks()
     for network in networks:
         if network not in known_networks:
@@ -117,6 +122,26 @@ def resolve_arms(trainers: Sequence[str], networks: Sequence[str] = (), quiet: b
         if network != DEFAULT_NETWORK:
             arms.append(Arm(f"{BASE}-{network}", BASE, network))
     return arms
+
+
+def arms_for_sites(arms: Sequence[Arm], n_sites: int) -> tuple[list[Arm], dict[str, str]]:
+    """Leave out the arms from ``--trainers all`` whose trainer needs more training sites than
+    ``n_sites`` (it would reduce to another arm, :mod:`medseg_auto.training.site_requirements`);
+    return the kept arms and ``{left-out trainer: why}``. Arms named explicitly stay, with a warning."""
+    from medseg_auto.training.site_requirements import trainers_needing_more_sites
+
+    needs = trainers_needing_more_sites(sorted({arm.trainer for arm in arms}), n_sites)
+    left_out = {arm.name: f"needs >= {needs[arm.trainer]} training sites, the training cases hold {n_sites}"
+                for arm in arms if arm.from_all and arm.trainer in needs}
+    if left_out:
+        log.info("--trainers all leaves out %s: with fewer sites each reduces to another arm",
+                 "; ".join(f"{name} ({why})" for name, why in left_out.items()))
+    for arm in arms:
+        if not arm.from_all and arm.trainer in needs:
+            log.warning("%s needs >= %d training sites, the training cases hold %d: it runs as asked, but its "
+                        "mechanism has nothing to work across (read its numbers as those of the trainer it reduces "
+                        "to)", arm.name, needs[arm.trainer], n_sites)
+    return [arm for arm in arms if arm.name not in left_out], left_out
 
 
 def default_folder(home: DataHome, request: MethodsRequest) -> Path:
@@ -133,8 +158,6 @@ def check_request(request: MethodsRequest, quiet: bool = False) -> list[Arm]:
     for name, value in (("--test-fraction", request.test_fraction), ("--val-fraction", request.val_fraction)):
         if not 0.0 < value < 1.0:
             raise MedsegError(f"{name} must lie strictly between 0 and 1, got {value}")
-    if request.jobs < 1:
-        raise MedsegError(f"-j must be at least 1, got {request.jobs}")
     if request.options.checkpoint not in ("best", "final"):
         raise MedsegError(f"checkpoint must be 'best' or 'final', got {request.options.checkpoint!r}")
     return resolve_arms(request.trainers, request.networks, quiet)
@@ -221,13 +244,15 @@ def run_methods(home: DataHome, request: MethodsRequest, show_progress: bool = T
         raise MedsegError(f"--train-sites {', '.join(unknown)}: not a site of {data.dataset_name} "
                           f"(sites: {', '.join(known_sites)})")
     case_ids = sorted(c for c, s in data.sites.items() if request.train_sites is None or s in request.train_sites)
+    arms, left_out = arms_for_sites(arms, count_sites(case_ids, data.sites))
     folder = Path(request.output) if request.output is not None else default_folder(home, request)
     split_settings = {"dataset": data.dataset_name, "train_sites": request.train_sites,
                       "test_fraction": request.test_fraction, "val_fraction": request.val_fraction,
                       "seed": request.split_seed, "duplicate_distance": request.duplicate_distance}
     identity = {**split_settings, **{k: v for k, v in o.identity().items() if k != "network"},
                 "test_datasets": sorted(externals)}
-    check_experiment_settings(folder, identity, {"arms": [arm.name for arm in arms], "seeds": request.seeds})
+    check_experiment_settings(folder, identity, {"arms": [arm.name for arm in arms], "seeds": request.seeds,
+                                                 "left_out_for_sites": left_out})
     splits = load_or_write_splits(folder, split_settings, lambda: draw_splits(data, case_ids, request, folder),
                                   list(data.sites))
     log.info("%s: %d training, %d validation, %d in-domain test case(s); external: %s", data.dataset_name,
@@ -242,12 +267,19 @@ def run_methods(home: DataHome, request: MethodsRequest, show_progress: bool = T
         return write_methods_results(folder, [(cell, path) for cell, path, _ in cells], names, settings)
 
     todo = [(cell, path, arm) for cell, path, arm in cells if read_done(path) is None]
-    log.info("methods benchmark in %s: %d arm(s) x %d seed(s) = %d cell(s), %d to run, %d job(s)", folder, len(arms),
-             len(request.seeds), len(cells), len(todo), request.jobs)
+    executor = request.executor or ExecutorSettings()
+    log.info("methods benchmark in %s: %d arm(s) x %d seed(s) = %d cell(s), %d to run (%s)", folder, len(arms),
+             len(request.seeds), len(cells), len(todo), _describe(executor))
     if request.report_only:
         log.info("--report-only: no cell is run; tables from the %d finished cell(s)", len(cells) - len(todo))
         todo = []
-    failures = _run_all(home, data, todo, o, request.jobs, write, show_progress)
+    tasks = [MethodsCellTask(data, cell, replace(o, network=arm.network), path, f"{index}/{len(todo)}")
+             for index, (cell, path, arm) in enumerate(todo, start=1)]
+    failures = run_method_tasks(tasks, executor, folder, write, show_progress)
+    if request.add_signals:
+        from medseg_auto.experiments.backfill_signals import add_missing_signals
+
+        add_missing_signals(data, [(cell, path) for cell, path, _ in cells], o)
     files = write()
     rows = [row for row in (read_done(path) for _, path, _ in cells) if row is not None]
     if failures:
@@ -255,67 +287,80 @@ def run_methods(home: DataHome, request: MethodsRequest, show_progress: bool = T
     return ExperimentOutcome(folder, rows, files)
 
 
-def _run_all(home: DataHome, data: ExperimentData, todo: list[tuple[Cell, Path, Arm]], options: TrainingOptions,
-             jobs: int, write: Any, show_progress: bool) -> list[str]:
-    """Run the cells (in ``jobs`` processes when > 1); return the keys of the failed ones."""
+def _describe(executor: ExecutorSettings) -> str:
+    if executor.backend == "local":
+        return f"{executor.jobs} local process(es)" if executor.jobs > 1 else "one after another"
+    return f"--executor {executor.backend}, {executor.jobs} at a time"
+
+
+@dataclass
+class MethodsCellTask:
+    """One benchmark cell as a picklable :class:`~.executor.Task` (runs here, in a worker
+    process or as a SLURM job alike): a training cell (:func:`~.cells.run_cell`) or a
+    ``Base+FDA`` cell (:func:`~.fda_arm.run_fda_cell`). A cell that raises leaves ``failed.json``
+    (its error, for the tables and the user) and the error goes back to the executor; a rerun
+    retries it, and success removes the marker. ``position`` (``"3/12"``) labels its log line."""
+
+    data: ExperimentData
+    cell: Cell
+    options: TrainingOptions
+    folder: Path
+    position: str = ""
+
+    @property
+    def key(self) -> str:
+        return self.cell.key
+
+    @property
+    def log_file(self) -> Path:
+        return self.folder / "logs" / "cell.txt"
+
+    def __call__(self) -> dict[str, Any]:
+        log.info("cell %s: %s", self.position, self.cell.key)
+        started = time.perf_counter()
+        try:
+            if "fda_of" in self.cell.info:
+                from medseg_auto.experiments.fda_arm import run_fda_cell
+
+                row = run_fda_cell(self.data, self.cell, self.options, self.folder)
+            else:
+                row, _ = run_cell(self.data, self.cell, self.options, self.folder)
+        except Exception as error:  # recorded for the tables; the executor reports it and goes on
+            self.folder.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.folder / FAILED_MARKER, {"cell": self.cell.key,
+                                                            "error": f"{type(error).__name__}: {error}",
+                                                            "seconds": round(time.perf_counter() - started, 1)})
+            raise
+        (self.folder / FAILED_MARKER).unlink(missing_ok=True)
+        return row
+
+
+def run_method_tasks(tasks: Sequence[MethodsCellTask], executor: ExecutorSettings, folder: Path,
+                     write: Callable[[], Any], show_progress: bool = True) -> list[str]:
+    """Run the cells through :func:`~.executor.run_tasks`, rewriting the tables (``write``)
+    after every finished one; return the keys of the failed cells.
+
+    In this process the cells run in the order given (seed by seed, each ``Base+FDA`` cell
+    right after its Base cell). Elsewhere (``-j N``, SLURM) cells finish in any order, so the
+    ``Base+FDA`` cells, which need their Base cell's model, go in a second round."""
+    from tqdm import tqdm
+
+    in_order = executor.backend == "local" and executor.jobs == 1
+    fda = [task for task in tasks if "fda_of" in task.cell.info]
+    later = {id(task) for task in fda}
+    rounds = [list(tasks)] if in_order else [[task for task in tasks if id(task) not in later], fda]
+    progress = tqdm(total=len(tasks), desc="cells", unit="cell", disable=not show_progress)
+
+    def on_result(key: str, row: dict[str, Any]) -> None:
+        progress.update()
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("dice_") and isinstance(v, float))
+        log.info("cell %s finished: %s (%.0f s)", key, scores or "no test cases", row.get("seconds", 0.0))
+        write()
+
     failures: list[str] = []
-    if jobs == 1:
-        for index, (cell, path, arm) in enumerate(todo, start=1):
-            log.info("cell %d/%d: %s", index, len(todo), cell.key)
-            error = run_methods_cell(home, data.dataset_name, cell, replace(options, network=arm.network), path,
-                                     threads=None, data=data)
-            if error:
-                failures.append(cell.key)
-            write()
-        return failures
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    after = [(cell, path, arm) for cell, path, arm in todo if "fda_of" in cell.info]  # need their Base cell
-    todo = [item for item in todo if "fda_of" not in item[0].info]
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(run_methods_cell, home, data.dataset_name, cell, replace(options, network=arm.network),
-                               path, threads): cell.key for cell, path, arm in todo}
-        for done, future in enumerate(as_completed(futures), start=1):
-            error = future.result()
-            log.info("cell %d/%d finished: %s%s", done, len(todo), futures[future], f" (FAILED: {error})" if error else "")
-            if error:
-                failures.append(futures[future])
-            write()
-    if after:
-        failures += _run_all(home, data, after, options, 1, write, show_progress)
+    for batch in rounds:
+        outcome = run_tasks(batch, executor, folder, on_result)
+        failures += sorted(outcome.failures)
+        progress.update(len(outcome.failures))
+    progress.close()
     return failures
-
-
-def run_methods_cell(home: DataHome, dataset: str, cell: Cell, options: TrainingOptions, folder: Path,
-                     threads: int | None = None, data: ExperimentData | None = None) -> str | None:
-    """Run one cell (a picklable, self-contained job for a process pool or a cluster backend);
-    return None on success, else the error message (also written to ``folder/failed.json``)."""
-    if threads is not None:
-        import torch
-
-        from medseg_auto.utils.logging_setup import configure_logging
-
-        configure_logging(None)
-        os.environ["OMP_NUM_THREADS"] = str(threads)  # train_fold's configure_threads honours it
-        torch.set_num_threads(threads)
-    started = time.perf_counter()
-    try:
-        if data is None:
-            data = ExperimentData.load(home, dataset, options.configuration, options.plans_name)
-        if "fda_of" in cell.info:
-            from medseg_auto.experiments.fda_arm import run_fda_cell
-
-            row = run_fda_cell(data, cell, options, folder)
-        else:
-            row, _ = run_cell(data, cell, options, folder)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as error:  # one broken method must not stop the benchmark
-        log.exception("cell %s failed", cell.key)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(folder / FAILED_MARKER, {"cell": cell.key, "error": f"{type(error).__name__}: {error}",
-                                                   "seconds": round(time.perf_counter() - started, 1)})
-        return f"{type(error).__name__}: {error}"
-    (folder / FAILED_MARKER).unlink(missing_ok=True)
-    scores = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("dice_") and isinstance(v, float))
-    log.info("cell %s: %s (%.0f s)", cell.key, scores, row.get("seconds", 0.0))
-    return None

@@ -29,7 +29,8 @@ ALL_SITES = "all"
 
 
 def write_leaderboard_html(path: Path, table: pd.DataFrame, per_case: pd.DataFrame, intro: Sequence[str],
-                           arms: Sequence[str]) -> None:
+                           arms: Sequence[str], failure: pd.DataFrame | None = None) -> None:
+    """The page; ``failure``: the failure-prediction table (:mod:`.methods_failure`), shown when given."""
     parts = ["<h1>Method benchmark</h1>", "<ul>" + "".join(f"<li>{_e(line.lstrip('- '))}</li>" for line in intro)
              + "</ul>"]
     if not table.empty:
@@ -45,6 +46,12 @@ def write_leaderboard_html(path: Path, table: pd.DataFrame, per_case: pd.DataFra
         parts += ["<h2>Dice per site</h2>", _image(_site_bars(table, arms))]
     if not per_case.empty and BASE in set(per_case["arm"]) and per_case["arm"].nunique() > 1:
         parts += ["<h2>Per-case Dice against Base</h2>", _image(_scatter(per_case, arms))]
+    if failure is not None and not failure.empty:
+        from medseg_auto.experiments.methods_failure import failure_note, failure_rows
+
+        header, rows = failure_rows(failure)
+        parts += ["<h2>Which cases fail: failure prediction</h2>", f"<p>{_e(failure_note(failure))}</p>",
+                  _table(header, rows, highlight=BASE)]
     page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>Method benchmark</title>"
             f"<style>{STYLE}</style></head><body>" + "\n".join(parts) + "</body></html>\n")
     write_text_atomic(path, page)

@@ -13,6 +13,9 @@ skipped in means: nnU-Net's convention).
   averaged over the seeds both arms finished) with a bootstrap 95% CI, the Wilcoxon p-value and
   its Holm correction over the arms of that test set and site; ``harm``: in-domain mean Dice
   below 95% of Base's;
+- ``failure_prediction.csv`` (and ``failure_prediction`` in the JSON, a section of the Markdown
+  and HTML): per arm and test set, the AUROC of each per-case signal for predicting failure
+  (:mod:`.methods_failure`);
 - ``leaderboard.md`` and ``leaderboard.html`` (:mod:`.methods_html`).
 """
 
@@ -35,7 +38,8 @@ BASE = "Base"
 IN_DOMAIN = "in_domain"
 ALL_SITES = "all"
 HARM_RATIO = 0.95
-FILES = ("results.csv", "per_case.csv", "leaderboard.csv", "leaderboard.json", "leaderboard.md", "leaderboard.html")
+FILES = ("results.csv", "per_case.csv", "leaderboard.csv", "failure_prediction.csv", "leaderboard.json",
+         "leaderboard.md", "leaderboard.html")
 
 
 def per_case_frame(cells: Sequence[tuple[Cell, Path]]) -> pd.DataFrame:
@@ -116,6 +120,7 @@ def _ordered_sets(per_case: pd.DataFrame) -> list[str]:
 def write_methods_results(folder: Path, cells: Sequence[tuple[Cell, Path]], arms: Sequence[str],
                           settings: Mapping[str, Any]) -> dict[str, Path]:
     """(Re)write every output from the finished cells; return the written paths by name."""
+    from medseg_auto.experiments.methods_failure import failure_markdown, failure_prediction_table, signal_frame
     from medseg_auto.experiments.methods_html import write_leaderboard_html
 
     rows = [row for row in (read_done(path) for _, path in cells) if row is not None]
@@ -127,14 +132,19 @@ def write_methods_results(folder: Path, cells: Sequence[tuple[Cell, Path]], arms
     write_csv(per_case, paths["per_case.csv"])
     table = leaderboard(per_case, arms)
     write_csv(table, paths["leaderboard.csv"])
+    failure = failure_prediction_table(signal_frame(cells), arms)
+    write_csv(failure, paths["failure_prediction.csv"])
     failed = sorted(cell.key for cell, path in cells if (path / "failed.json").is_file())
     payload = {"settings": dict(settings), "cells_done": len(rows), "cells_total": len(cells), "failed": failed,
-               "rows": [{k: _json_value(v) for k, v in row.items()} for row in table.to_dict("records")]}
+               "rows": [{k: _json_value(v) for k, v in row.items()} for row in table.to_dict("records")],
+               "failure_prediction": [{k: _json_value(v) for k, v in row.items()}
+                                      for row in failure.to_dict("records")]}
     write_json_atomic(paths["leaderboard.json"], payload)
     markdown = leaderboard_markdown(table, settings, len(rows), len(cells), failed)
+    markdown = markdown.rstrip("\n") + "\n" + "\n".join(failure_markdown(failure)) + "\n"
     write_text_atomic(paths["leaderboard.md"], markdown)
     write_leaderboard_html(paths["leaderboard.html"], table, per_case, markdown_intro(settings, len(rows), len(cells),
-                                                                                       failed), arms)
+                                                                                       failed), arms, failure)
     return paths
 
 

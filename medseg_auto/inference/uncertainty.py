@@ -28,7 +28,9 @@ Every signal is a number per case, larger = more likely to fail, in ``[0, 1]``:
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,6 +44,10 @@ UNCERTAINTY_SIGNALS = ("entropy_image", "entropy_foreground", "soft_dice_deficit
 DEFAULT_SIGNAL = "mirror_disagreement"
 DEFAULT_THRESHOLD = 0.3  # flag a case as a likely failure above this value of DEFAULT_SIGNAL
 FAILURE_DICE = 0.5  # a case "fails" below this Dice (the issue's and the evaluation's definition)
+#: Per-case failure signals beside a scored test folder's ``metrics.csv`` (experiments' cells):
+#: ``case_id``, ``ood_score`` (the feature distance, empty without a reference) and every signal.
+SIGNALS_FILE = "failure_signals.csv"
+SIGNAL_COLUMNS = ("ood_score", *UNCERTAINTY_SIGNALS)
 
 
 def normalised_entropy(probabilities: np.ndarray) -> np.ndarray:
@@ -141,3 +147,17 @@ def case_entries(ood: dict[str, dict[str, Any]], signals: dict[str, dict[str, fl
             entry["failure"] = {"signal": signal, "value": value, "threshold": threshold, "flagged": value > threshold}
         entries[case] = entry
     return entries
+
+
+def write_signal_table(path: Path, ood: dict[str, dict[str, Any]], signals: dict[str, dict[str, float]]) -> None:
+    """Write :data:`SIGNALS_FILE` at ``path`` (atomically): one row per case of ``ood`` (OOD
+    entries, their ``score``) or ``signals`` (:meth:`CaseSignals.finish` results); a signal a
+    case lacks (no mirroring, one model, no OOD reference) is left empty."""
+    from medseg_auto.utils.atomic import atomic_path
+
+    with atomic_path(path, suffix=".csv") as temporary, open(temporary, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["case_id", *SIGNAL_COLUMNS])
+        for case_id in sorted(set(ood) | set(signals)):
+            values = {"ood_score": ood.get(case_id, {}).get("score"), **signals.get(case_id, {})}
+            writer.writerow([case_id, *["" if values.get(name) is None else values[name] for name in SIGNAL_COLUMNS]])

@@ -29,6 +29,19 @@ hook                               combination
 ``extra_checkpoint_state``         stored per method class name, restored to the same class
 =================================  ============================================================
 
+What a method declares (class attributes):
+
+=================================  ============================================================
+attribute                          meaning
+=================================  ============================================================
+``min_training_sites`` (int, 1)    the training sites its mechanism needs; with fewer it reduces
+                                   to another trainer (say which in the docstring). ``train``
+                                   warns once at the start; ``experiment methods --trainers
+                                   all`` leaves the trainer out (a combination needs the most
+                                   any of its methods needs)
+``sampler_changes_per_epoch``      see ``make_sampler``
+=================================  ============================================================
+
 What the network offers a method (the network contract; every registered network and the
 default DynUNet keep it, see :mod:`~medseg_auto.training.network_registry`):
 
@@ -205,6 +218,10 @@ class DomainMethod:
     (by their argparse ``dest``), with their defaults when the run was started from Python.
     They are stored in checkpoints (``init_args``), so keep them JSON-like.
     """
+
+    #: Training sites the method's mechanism needs (sites to balance, unlearn or mix across);
+    #: with fewer it reduces to another trainer. See the module docstring's table of declarations.
+    min_training_sites: int = 1
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         self.options: dict[str, Any] = {**self.default_options(), **dict(options or {})}

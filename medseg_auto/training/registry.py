@@ -47,6 +47,11 @@ class TrainerSpec:
     description: str
     methods: tuple[type[DomainMethod], ...]
 
+    @property
+    def min_training_sites(self) -> int:
+        """The training sites the trainer needs: the most any of its methods declares."""
+        return max((method.min_training_sites for method in self.methods), default=1)
+
     def create_methods(self, options: dict | None = None) -> list[DomainMethod]:
         """Instantiate the methods; each takes the option values it declared (others ignored)."""
         options = options or {}

@@ -51,6 +51,7 @@ from medseg_auto.training.monitoring import TrainingMonitor
 from medseg_auto.training.progress import (
     PROGRESS_CSV, PROGRESS_PNG, ProgressLog, confusion_counts, dice_from_counts, nanmean,
 )
+from medseg_auto.training.site_requirements import warn_if_too_few_sites
 from medseg_auto.utils.cpu_features import cpu_has_native_bf16
 from medseg_auto.utils.logging_setup import get_logger
 
@@ -133,6 +134,8 @@ class Trainer:
             output_folder=self.job.output_folder, pretrained_checkpoint=self.job.pretrained, seed=self.job.seed,
             autocast_dtype=self.autocast_dtype,
         )
+        if self.distributed.is_main:
+            warn_if_too_few_sites(self.job.trainer_name, self.methods, self.job.train_case_ids, self.job.sites)
         for method in self.methods:
             method.setup(context)
         # asked after setup, so a method can choose its taps from the network it was shown

@@ -116,6 +116,7 @@ def test_all_trainers_leave_out_the_ones_needing_inputs():
     assert [a for a in arms if a.name == "Base-disseg"][0].network == "disseg"
 
 
+@pytest.mark.slow  # spawned worker processes each import torch: ~100 s on a loaded 2-core machine
 def test_methods_runs_cells_in_parallel_processes_with_an_fda_arm(benchmark_home):
     out = benchmark_home.root / "parallel"
     argv = ["experiment", "methods", "Syn2d", "--trainers", "Base", "--seeds", "0", "1", "-j", "2", "--fda",

@@ -70,6 +70,7 @@ class MixedMinibatchTransfer(DomainMethod):
     """MMTL (DART 2022): fine-tuning batches mix source and target cases, target share rising linearly."""
 
     sampler_changes_per_epoch = True
+    min_training_sites = 2  # a target site and at least one source site (setup refuses fewer)
 
     @classmethod
     def add_cli_arguments(cls, parser: argparse.ArgumentParser) -> None:

@@ -53,6 +53,8 @@ log = get_logger("training.ram")
 class RandomAmplitudeMixup(DomainMethod):
     """RAM: mix the low-frequency Fourier amplitude of images from other sites of the batch (phase kept)."""
 
+    min_training_sites = 2  # one source site: nothing is mixed, i.e. Base (unless --ram-within-site)
+
     @classmethod
     def add_cli_arguments(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--ram-probability", type=float, default=0.5, help="chance that a sample is mixed")
@@ -72,6 +74,8 @@ class RandomAmplitudeMixup(DomainMethod):
         if not 0.0 <= float(self.options["ram_probability"]) <= 1.0 or not 0.0 < float(self.options["ram_window"]) <= 0.5:
             raise MedsegError("--ram-probability must be in [0, 1] and --ram-window in (0, 0.5]")
         self.ratio_range = (low, high)
+        if self.options["ram_within_site"]:
+            self.min_training_sites = 1  # mixing within the one site is what was asked for
         self.warned_single_site = False
         self.last_logs: dict[str, float] = {}
         self.last_donors: list[str] = []

@@ -120,6 +120,8 @@ def site_head(channels: int, n_sites: int, hidden: int, features: str = "covaria
 class SiteAdversarial(DomainMethod):
     """Site classifier on the bottleneck with gradient reversal (DART 2022 unlearning head, site as bias)."""
 
+    min_training_sites = 2  # one site: nothing to unlearn (setup refuses such a fold)
+
     @classmethod
     def add_cli_arguments(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--grl-lambda", type=float, default=0.1,

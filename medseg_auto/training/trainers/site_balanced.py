@@ -16,5 +16,7 @@ from medseg_auto.training.registry import register_trainer
 class SiteBalanced(DomainMethod):
     """nnU-Net v2 default with site-balanced batches (equal shares of every site): the sampling control."""
 
+    min_training_sites = 2  # one site: the batches are uniform, i.e. Base
+
     def make_sampler(self, info: DatasetInfo) -> CaseSampler:
         return SiteBalancedCaseSampler.from_sites(info.case_ids, info.sites)
