@@ -113,18 +113,14 @@ def configuration_patch_sizes(plans: Any) -> dict[str, list[int]]:
     return sizes
 
 
-# Training budget per dimension (epochs, iterations per epoch); README's demo paragraph has the
-# measured Dice and times.
+# Training budget per dimension (epochs, iterations per epoch); README has the measured Dice.
 DEMO_BUDGETS = {2: (3, 10), 3: (3, 25)}
-# Image shapes (z, y, x) of the synthetic cases (None: the generator's default).
+# Image shapes (z, y, x) of the synthetic cases (None: the generator's default), and blob radius
+# (fraction of the shortest side) and core radius (fraction of the blob's). Why a larger blob and
+# core in 3D: on 32^3 cases at the defaults (0.15-0.25, 0.5) the core took 125-150 iterations of
+# the default network and was not learned in 150 with the demo preset's; on 24^3 cases with
+# these (blob 6-8.4 voxels, core 3.6-5) held-out Dice is 0.92-0.94 after 60-75 iterations.
 DEMO_SHAPES: dict[int, tuple[int, ...] | None] = {2: None, 3: (24, 24, 24)}
-# Blob radius (fraction of the shortest side) and core radius (fraction of the blob's) per
-# dimension. Why larger than the generator's defaults (0.15-0.25, 0.5) in 3D: a core that is
-# learned within the demo's budget. At the default sizes on 32^3 cases the core (2.4-4 voxels
-# radius) took 125-150 iterations of the default plans' network and was still not learned
-# after 150 with the demo preset's; on 24^3 cases with these sizes (blob 6-8.4 voxels, core
-# 3.6-5) the demo preset's network reaches held-out Dice 0.92 after 60 iterations, at a third
-# of the voxels of 32^3.
 DEMO_BLOBS: dict[int, dict[str, Any]] = {2: {}, 3: {"radius_fraction": (0.25, 0.35), "core_fraction": 0.6}}
 # Planner preset (plans/demo.json): nnU-Net's default planner with half the features per stage.
 DEMO_PRESET = "demo"
