@@ -22,18 +22,29 @@ SITE_STYLES = {
 }
 
 
+# Blob radius as a fraction of the shortest image side (drawn uniformly), and the core's
+# radius as a fraction of the blob's: the defaults every test's synthetic data uses.
+BLOB_RADIUS_FRACTION = (0.15, 0.25)
+CORE_FRACTION = 0.5
+
+
 def make_case(
-    shape: tuple[int, ...], rng: np.random.Generator, site: str, with_core: bool
+    shape: tuple[int, ...], rng: np.random.Generator, site: str, with_core: bool,
+    radius_fraction: tuple[float, float] = BLOB_RADIUS_FRACTION, core_fraction: float = CORE_FRACTION,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One image ``shape`` (2D or 3D) and its label map with one blob (and core if asked)."""
+    """One image ``shape`` (2D or 3D) and its label map with one blob (and core if asked).
+
+    The blob's radius is ``radius_fraction`` (low, high) of the shortest side; the core's is
+    ``core_fraction`` of the blob's.
+    """
     style = SITE_STYLES[site]
     grids = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
     centre = [rng.uniform(0.3 * n, 0.7 * n) for n in shape]
-    radius = rng.uniform(0.15, 0.25) * min(shape)
+    radius = rng.uniform(*radius_fraction) * min(shape)
     distance = np.sqrt(sum((g - c) ** 2 for g, c in zip(grids, centre)))
     labels = (distance < radius).astype(np.int16)
     if with_core:
-        labels[distance < radius * 0.5] = 2
+        labels[distance < radius * core_fraction] = 2
     background = 0.3 + 0.1 * np.sin(grids[-1] / max(shape[-1], 1) * 3.0)
     intensity = background + 0.7 * (labels > 0) + 0.3 * (labels == 2)
     image = style["offset"] + style["scale"] * intensity + rng.normal(0.0, style["noise"], size=shape)
@@ -48,11 +59,14 @@ def make_synthetic_dataset(
     shape: tuple[int, ...] | None = None,
     seed: int = 0,
     dataset_id: int | None = None,
+    radius_fraction: tuple[float, float] = BLOB_RADIUS_FRACTION,
+    core_fraction: float = CORE_FRACTION,
 ) -> DatasetSpec:
     """Write a two-site raw dataset into ``home`` and return its spec.
 
     3D cases are NIfTI with anisotropic spacing (2.5, 1, 1) so the planner has real decisions
     to make; 2D cases are PNG. Labels: background, ``blob`` and (3D only) ``core``.
+    ``radius_fraction`` and ``core_fraction``: the blob's size (see :func:`make_case`).
     """
     rng = np.random.default_rng(seed)
     folder = home.new_dataset_folder(name, dataset_id)
@@ -68,7 +82,8 @@ def make_synthetic_dataset(
     for site in SITE_STYLES:
         for index in range(cases_per_site):
             case_id = f"{site}_{index:03d}"
-            image, label_map = make_case(shape, rng, site, with_core=(dimension == 3))
+            image, label_map = make_case(shape, rng, site, with_core=(dimension == 3),
+                                         radius_fraction=radius_fraction, core_fraction=core_fraction)
             if dimension == 2:
                 image = np.clip(image, 0, 255).astype(np.uint8)
                 geometry = ImageGeometry(spacing=spacing, dimension=2, file_ending=ending)  # type: ignore[arg-type]
