@@ -22,10 +22,11 @@ import importlib
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from medseg_auto.dataset.dataset_json import DatasetSpec
 from medseg_auto.dataset.synthetic import make_synthetic_dataset
@@ -345,6 +346,56 @@ def run_demo(
     started = time.perf_counter()
     datasets: dict[str, Any] = {}
     records: list[dict[str, Any]] = []
+    with demo_threads():
+        _run_datasets(home, dimensions, cases_per_site, num_processes, show_progress, keep_outputs, stages,
+                      epochs, iterations, datasets, records)
+    summary = {
+        "home": str(home.root),
+        "datasets": datasets,
+        "stages": records,
+        "outputs": {"raw": str(home.raw), "preprocessed": str(home.preprocessed), "results": str(home.results)},
+        "log_file": str(log_file) if log_file else None,
+        "dice": dice_before_after(records),
+        "ok": all(record["status"] != "failed" for record in records),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    home.root.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(home.root / SUMMARY_FILE_NAME, summary)
+    return summary
+
+
+
+#: Threads of the demo's process unless OMP_NUM_THREADS says otherwise. The demo's networks are
+#: tiny, so a second thread gains little, and with any other job on the cores each of torch's
+#: parallel steps waits for the thread that job holds: measured 2026-12-06 (two other jobs on 2
+#: cores) the whole demo took 24 s with one thread and 175-237 s with two.
+DEMO_THREADS = 1
+
+
+@contextmanager
+def demo_threads() -> Iterator[int]:
+    """Run the demo with :data:`DEMO_THREADS` (an explicit ``OMP_NUM_THREADS`` wins); the
+    caller's thread count and environment are restored afterwards."""
+    import torch
+
+    before_env, before_threads = os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads()
+    threads = int(before_env) if before_env and before_env.isdigit() and int(before_env) > 0 else DEMO_THREADS
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # read by training's thread set-up
+    torch.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(before_threads)
+        if before_env is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = before_env
+
+
+def _run_datasets(home: DataHome, dimensions: Sequence[int], cases_per_site: int, num_processes: int,
+                  show_progress: bool, keep_outputs: bool, stages: Sequence[Stage], epochs: int | None,
+                  iterations: int | None, datasets: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    """Make (or reuse) each demo dataset and run the stages on it; fills ``datasets`` and ``records``."""
     for dimension in sorted(set(dimensions)):
         spec, reused = demo_dataset(home, dimension, cases_per_site)
         removed = [] if keep_outputs else remove_previous_outputs(home, spec.name)
@@ -359,19 +410,6 @@ def run_demo(
                              iterations=iterations or DEMO_BUDGETS[dimension][1])
         datasets[spec.name]["held_out"] = inputs.split[1]
         records.extend(run_stages(stages, inputs))
-    summary = {
-        "home": str(home.root),
-        "datasets": datasets,
-        "stages": records,
-        "outputs": {"raw": str(home.raw), "preprocessed": str(home.preprocessed), "results": str(home.results)},
-        "log_file": str(log_file) if log_file else None,
-        "dice": dice_before_after(records),
-        "ok": all(record["status"] != "failed" for record in records),
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    home.root.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(home.root / SUMMARY_FILE_NAME, summary)
-    return summary
 
 
 def dice_before_after(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -53,3 +54,28 @@ def test_demo_trains_on_its_preset_and_predicts_the_held_out_cases_once(tmp_path
     assert (experiment / "fold_demo" / "checkpoint_final.pt").is_file()
     assert not (experiment / "fold_demo" / "validation").exists()  # predict + evaluate score the trained model
     assert set(summary["dice"][dataset]) == {"before", "after"}
+
+
+def test_the_demo_runs_on_one_thread_and_restores_the_callers_threads(monkeypatch):
+    import torch
+
+    from medseg_auto.demo import DEMO_THREADS, demo_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    torch.set_num_threads(2)
+    with demo_threads() as threads:
+        assert threads == DEMO_THREADS == 1
+        assert torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1"
+    assert torch.get_num_threads() == 2 and "OMP_NUM_THREADS" not in os.environ
+
+
+def test_an_explicit_omp_num_threads_wins_over_the_demo_default(monkeypatch):
+    import torch
+
+    from medseg_auto.demo import demo_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    before = torch.get_num_threads()
+    with demo_threads() as threads:
+        assert threads == 2 and torch.get_num_threads() == 2
+    assert os.environ["OMP_NUM_THREADS"] == "2" and torch.get_num_threads() == before
