@@ -302,7 +302,10 @@ def ours_python() -> Path:
 
 
 def python_package_version(venv: Path, package: str) -> str:
-    """Installed version of ``package`` in ``venv`` (``"?"`` when unknown), for result metadata."""
+    """Installed version of ``package`` in ``venv`` (``"?"`` when unknown, also when ``venv`` has
+    no interpreter: a worktree run with a shared venv), for result metadata."""
+    if not (venv / "bin" / "python").exists():
+        return "?"
     result = subprocess.run(
         [str(venv / "bin" / "python"), "-c",
          f"import importlib.metadata as m; print(m.version({package!r}))"],

@@ -135,3 +135,9 @@ def test_find_key_reads_nested_plans_of_either_format() -> None:
         assert common.find_key(plans, "strides") == [[1, 1], [2, 2]]
         assert common.find_key(plans, "batch_size") == 12
     assert common.find_key(ours_style, "missing") is None
+
+
+def test_package_version_of_a_folder_without_an_interpreter_is_unknown(tmp_path: Path) -> None:
+    """A worktree run with a shared venv has no ``.venv``: the metadata says "?" instead of the
+    report crashing (``learning_parity.py --report-only`` raised FileNotFoundError)."""
+    assert common.python_package_version(tmp_path / "no_venv", "torch") == "?"
