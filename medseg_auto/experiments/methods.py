@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 from medseg_auto.dataset.duplicates import DEFAULT_MAX_DISTANCE, case_links, find_duplicates
 from medseg_auto.errors import MedsegError
 from medseg_auto.experiments.cells import (
-    Cell, ExperimentData, TrainingOptions, check_experiment_settings, read_done, run_cell, settings_hash,
+    Cell, CellTask, ExperimentData, TrainingOptions, check_experiment_settings, read_done, run_cell, settings_hash,
 )
 from medseg_auto.experiments.data_addition import ExperimentOutcome
 from medseg_auto.experiments.executor import ExecutorSettings, run_tasks
@@ -294,26 +294,14 @@ def _describe(executor: ExecutorSettings) -> str:
 
 
 @dataclass
-class MethodsCellTask:
+class MethodsCellTask(CellTask):
     """One benchmark cell as a picklable :class:`~.executor.Task` (runs here, in a worker
     process or as a SLURM job alike): a training cell (:func:`~.cells.run_cell`) or a
     ``Base+FDA`` cell (:func:`~.fda_arm.run_fda_cell`). A cell that raises leaves ``failed.json``
     (its error, for the tables and the user) and the error goes back to the executor; a rerun
     retries it, and success removes the marker. ``position`` (``"3/12"``) labels its log line."""
 
-    data: ExperimentData
-    cell: Cell
-    options: TrainingOptions
-    folder: Path
     position: str = ""
-
-    @property
-    def key(self) -> str:
-        return self.cell.key
-
-    @property
-    def log_file(self) -> Path:
-        return self.folder / "logs" / "cell.txt"
 
     def __call__(self) -> dict[str, Any]:
         log.info("cell %s: %s", self.position, self.cell.key)

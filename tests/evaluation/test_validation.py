@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from medseg_auto.dataset.dataset_json import DatasetSpec
-from medseg_auto.dataset.synthetic import make_synthetic_dataset, synthetic_home
 from medseg_auto.evaluation.evaluate import evaluate_folders
 from medseg_auto.evaluation.validation import validate_cases
-from medseg_auto.preprocessing.cache import PreprocessedCache
-from medseg_auto.preprocessing.pipeline import plan_and_preprocess
 
 from tests.helpers.known_networks import ThresholdNetwork
 
 
-def test_validation_metrics_match_folder_evaluation(tmp_path):
-    home = synthetic_home(tmp_path / "home")
-    make_synthetic_dataset(home, "Syn2d", dimension=2, cases_per_site=2)
-    plans = plan_and_preprocess(home, "Syn2d", num_processes=1, show_progress=False)
-    config = plans.configurations["2d"]
-    spec = DatasetSpec.load(home.raw_dataset("Syn2d"))
-    cache = PreprocessedCache(home.preprocessed_dataset("Syn2d") / config.data_identifier)
+def test_validation_metrics_match_folder_evaluation(tmp_path, preprocessed_syn2d):
+    data = preprocessed_syn2d
+    plans, config, spec, cache = data.plans, data.config, data.spec, data.cache
     output = tmp_path / "validation"
     summary = validate_cases(ThresholdNetwork(), plans, config, cache, cache.case_ids(), spec, output,
                                        mirror_axes=[0, 1], show_progress=False)
