@@ -214,12 +214,17 @@ def _score(data: ExperimentData, model, case_ids: list[str], output: Path, devic
 
 def ood_scorer(data: ExperimentData, model, fold_folder: Path, device: str):
     """The OOD scorer of the cell's model (its fold's reference, built from the training sites
-    by the final validation, or made from the cache when that was for other weights), so every
-    test case also gets the feature-distance score among its failure signals; None (logged)
-    where the network has no feature taps or no reference can be made."""
+    by the final validation), so every test case also gets the feature-distance score among its
+    failure signals; None (logged) where the fold has no reference (too few validation cases:
+    making one here would sample the training cases again, through the trainer's own sampler)
+    or the network has no feature taps."""
+    from medseg_auto.inference.ood import OOD_REFERENCE_FILE
     from medseg_auto.inference.ood_references import make_scorer
     from medseg_auto.inference.predict import resolve_device
 
+    if not (fold_folder / OOD_REFERENCE_FILE).is_file():
+        log.info("%s: no %s, so no OOD score among the failure signals", fold_folder, OOD_REFERENCE_FILE)
+        return None
     try:
         return make_scorer([model], fold_folder.parent, data.home.preprocessed_dataset(data.dataset_name),
                            resolve_device(device))
