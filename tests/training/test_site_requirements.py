@@ -54,3 +54,14 @@ def test_train_warns_once_when_a_site_trainer_trains_on_one_site(toy_home_factor
                                 final_validation=False,
                                 settings=dict(num_epochs=1, iterations_per_epoch=1, num_workers=0)))
     assert sum("needs training cases from at least 2 sites" in r.message for r in caplog.records) == 1
+
+
+def test_no_warning_for_a_trainer_that_needs_one_site_when_no_site_is_recorded():
+    """Base needs one site; a dataset without site records (count 0) must not warn that it
+    'needs at least 1 sites' (seen in the 2-rank training's log)."""
+    from medseg_auto.training.site_requirements import warn_if_too_few_sites
+
+    class OneSiteMethod:
+        min_training_sites = 1
+
+    assert warn_if_too_few_sites("Base", [OneSiteMethod()], ["a", "b"], {}) is False
