@@ -37,7 +37,10 @@ mean ± sd over seeds; paired per-case difference to Base with a bootstrap 95% C
 p-value Holm-corrected over arms; a harm flag where in-domain Dice < 95% of Base's; HTML with
 per-site bars and a per-case Dice-vs-Base scatter), failure_prediction.csv (per arm and test set:
 how well each per-case signal, OOD score, softmax entropy, mirrored-view disagreement, predicts
-a failed case, Dice < 0.5, as AUROC; also in the .md/.html/.json), splits.json, duplicates.json,
+a failed case, Dice < 0.5, as AUROC; also in the .md/.html/.json), failure_flags.csv (the flag
+rule each model learns from its in-domain cases, as training does from its validation cases,
+against the fixed default, on the external sets: sensitivity, specificity; also in the .md/.json),
+splits.json, duplicates.json,
 logs/. Each cell's test_SET/ folders hold its predictions, metrics.csv and failure_signals.csv.
 
 examples:

@@ -49,9 +49,12 @@ Which cases will fail: every case also gets uncertainty signals read from its ow
 almost no cost (inference/uncertainty.py): softmax entropy over the image and over the predicted
 foreground, the soft-Dice deficit (1 - the Dice the model expects of its own segmentation), the
 disagreement between the mirrored views and, with several folds, between the folds. The failure
-score ("failure" in summary.json; failure_score and failure_flagged in ood_scores.csv) is the
-mirrored views' disagreement, flagged above 0.3 (needs mirroring): of the signals it predicted
-Dice < 0.5 best, AUROC 0.91 against 0.31 for the OOD distance (README,
+score ("failure" in summary.json; failure_score and failure_flagged in ood_scores.csv) follows the
+rule the model learned from its own validation cases at the end of training
+(fold_F/failure_rule.json): the signal that predicted Dice < 0.5 best there, flagged above the
+value that best separated failures from successes. Without that file (a model trained before it
+existed, or a validation with fewer than 5 failures or 5 successes) it is the mirrored views'
+disagreement above 0.3. Every signal beats the OOD distance at predicting failure (README,
 "Which cases will fail"). --no-ood skips all of it.
 
 Fourier domain adaptation (--fda-source, Feather-Light FDA, DART 2022): each case is predicted
@@ -116,6 +119,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from medseg_auto.inference.postprocessing import PostprocessingPlan
+    from medseg_auto.inference.failure_rule import rule_for_folds
     from medseg_auto.inference.prediction_job import start_job
     from medseg_auto.inference.predict import PredictionOptions, default_autocast, predict_folder
 
@@ -161,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         autocast = False if args.fp32 else default_autocast(job.device)
         ood = make_scorer(models, folder, home.preprocessed / folder.parent.name, job.device, autocast,
                           args.ood_percentile)
+    rule = rule_for_folds(folder, [m.name for m in models])  # the folds' own failure rule, or the default
     log.info("predicting %s with %s (%s)", args.input, folder.name, ", ".join(m.name for m in models))
     report = predict_folder(args.input, args.output, models, None, options, postprocess, fda=fda, ood=ood)
     elapsed = time.perf_counter() - started
@@ -170,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
         "predicted": report.predicted, "skipped_existing": report.skipped_existing, "failed": report.failed,
         "seconds_per_case": {k: round(v, 3) for k, v in report.seconds_per_case.items()}, "log": str(log_file),
         "fda": _fda_summary(args, fda, report) if fda is not None else None,
-        "ood": _ood_summary(args, ood, report, fda is not None),
+        "ood": _ood_summary(args, ood, report, fda is not None, rule),
     }
 
     def write_summary(final: dict) -> None:  # once per job: the merged summary when split (see .sharding)
@@ -179,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
             scores = {case: {k: v for k, v in entry.items() if k not in ("signals", "failure")}
                       for case, entry in cases.items() if "score" in entry}
             signals = {case: entry["signals"] for case, entry in cases.items() if "signals" in entry}
-            _write_ood_table(args.output / OOD_TABLE, scores, [m.name for m in models], signals)
+            _write_ood_table(args.output / OOD_TABLE, scores, [m.name for m in models], signals, rule)
             if isinstance(final["ood"].get("failure"), dict):  # parts merged: recount over every case
                 final["ood"]["failure"]["likely_failed"] = sorted(
                     case for case, entry in cases.items() if entry.get("failure", {}).get("flagged"))
@@ -225,19 +230,20 @@ def _fda_summary(args: argparse.Namespace, fda, report) -> dict:
     }
 
 
-def _ood_summary(args: argparse.Namespace, ood, report, with_fda: bool) -> dict:
-    from medseg_auto.inference.uncertainty import DEFAULT_SIGNAL, DEFAULT_THRESHOLD, case_entries
+def _ood_summary(args: argparse.Namespace, ood, report, with_fda: bool, rule) -> dict:
+    from medseg_auto.inference.uncertainty import case_entries
 
     if args.no_ood:
         return {"skipped": "--no-ood"}
     if args.engine not in ("auto", "torch"):
         return {"skipped": f"--engine {args.engine} (the OOD score needs torch's feature hooks)"}
-    cases = case_entries(report.ood, report.uncertainty)
-    failure = {"signal": DEFAULT_SIGNAL, "threshold": DEFAULT_THRESHOLD,
+    cases = case_entries(report.ood, report.uncertainty, rule.signal, rule.threshold)
+    failure = {**rule.to_json(),
                "likely_failed": sorted(case for case, entry in cases.items() if entry.get("failure", {}).get("flagged"))}
     if failure["likely_failed"]:
-        log.warning("%d case(s) likely failed (%s > %g): %s; check their segmentations", len(failure["likely_failed"]),
-                    DEFAULT_SIGNAL, DEFAULT_THRESHOLD, ", ".join(failure["likely_failed"][:20]))
+        log.warning("%d case(s) likely failed (%s > %.4g, %s rule): %s; check their segmentations",
+                    len(failure["likely_failed"]), rule.signal, rule.threshold, rule.source,
+                    ", ".join(failure["likely_failed"][:20]))
     if ood is None:
         return {"skipped": "no OOD reference could be made (see the log)", "failure": failure, "cases": cases,
                 "table": OOD_TABLE}
@@ -251,8 +257,12 @@ def _ood_summary(args: argparse.Namespace, ood, report, with_fda: bool) -> dict:
     }
 
 
-def _write_ood_table(path: Path, scores: dict, fold_names: list[str], signals: dict | None = None) -> None:
-    from medseg_auto.inference.uncertainty import DEFAULT_SIGNAL, DEFAULT_THRESHOLD, UNCERTAINTY_SIGNALS
+def _write_ood_table(path: Path, scores: dict, fold_names: list[str], signals: dict | None = None,
+                     rule=None) -> None:
+    from medseg_auto.inference.failure_rule import DEFAULT_RULE
+    from medseg_auto.inference.uncertainty import UNCERTAINTY_SIGNALS
+
+    rule = rule or DEFAULT_RULE
 
     signals = signals or {}
     with atomic_path(path, suffix=".csv") as temporary, open(temporary, "w", newline="", encoding="utf-8") as handle:
@@ -266,5 +276,5 @@ def _write_ood_table(path: Path, scores: dict, fold_names: list[str], signals: d
                              int(entry["flagged"]) if "flagged" in entry else "", entry.get("score_fda_adapted", ""),
                              *[entry.get("per_fold", {}).get(name, "") for name in fold_names],
                              *[case_signals.get(name, "") for name in UNCERTAINTY_SIGNALS],
-                             case_signals.get(DEFAULT_SIGNAL, ""),
-                             int(case_signals[DEFAULT_SIGNAL] > DEFAULT_THRESHOLD) if DEFAULT_SIGNAL in case_signals else ""])
+                             case_signals.get(rule.signal, ""),
+                             int(case_signals[rule.signal] > rule.threshold) if rule.signal in case_signals else ""])

@@ -25,6 +25,7 @@ from medseg_auto.dataset.dataset_json import DatasetSpec
 from medseg_auto.dataset.image_io import read_segmentation
 from medseg_auto.errors import MedsegError
 from medseg_auto.evaluation.evaluate import EvaluationResult, summarise, tabulate
+from medseg_auto.evaluation.failure_calibration import calibrate_validation_folder
 from medseg_auto.evaluation.metrics import evaluate_arrays
 from medseg_auto.evaluation.writing import write_evaluation
 from medseg_auto.inference.export import export_prediction
@@ -75,7 +76,8 @@ class FinalValidationRequest:
 
 def run_final_validation(request: FinalValidationRequest) -> dict[str, Any]:
     """Predict and score the fold's validation cases with :func:`validate_cases` (the OOD
-    reference written beside the checkpoints); return (and write) the summary."""
+    reference and the failure rule learned from the cases' signals, :mod:`.failure_calibration`,
+    written beside the checkpoints); return (and write) the summary."""
     summary_path = request.output_folder / SUMMARY_FILE
     request.network.eval()
     log.info("final validation of %d cases with %s", len(request.case_ids), request.checkpoint_name)
@@ -88,8 +90,12 @@ def run_final_validation(request: FinalValidationRequest) -> dict[str, Any]:
         request.network, request.plans, config, cache, list(request.case_ids), spec, Path(request.output_folder),
         request.mirror_axes, request.device, save_probabilities=request.save_probabilities,
         show_progress=request.show_progress, ood_reference_file=Path(request.fold_folder) / OOD_REFERENCE_FILE,
-        ood_reference_sites=request.reference_sites,
+        ood_reference_sites=request.reference_sites, signals=True,
     )
+    try:  # a by-product, like the OOD reference: predict falls back to the default rule without it
+        calibrate_validation_folder(Path(request.output_folder), Path(request.fold_folder))
+    except (OSError, ValueError, KeyError) as error:
+        log.warning("failure rule not written to %s: %s", request.fold_folder, error)
     if not summary_path.is_file():
         write_json_atomic(summary_path, summary)
     return summary

@@ -16,6 +16,9 @@ skipped in means: nnU-Net's convention).
 - ``failure_prediction.csv`` (and ``failure_prediction`` in the JSON, a section of the Markdown
   and HTML): per arm and test set, the AUROC of each per-case signal for predicting failure
   (:mod:`.methods_failure`);
+- ``failure_flags.csv`` (and ``failure_flags`` in the JSON and Markdown): the flag rule each model
+  learns from its in-domain cases against the fixed default, on the external sets
+  (:mod:`.methods_flag_rules`);
 - ``leaderboard.md`` and ``leaderboard.html`` (:mod:`.methods_html`).
 """
 
@@ -38,8 +41,8 @@ BASE = "Base"
 IN_DOMAIN = "in_domain"
 ALL_SITES = "all"
 HARM_RATIO = 0.95
-FILES = ("results.csv", "per_case.csv", "leaderboard.csv", "failure_prediction.csv", "leaderboard.json",
-         "leaderboard.md", "leaderboard.html")
+FILES = ("results.csv", "per_case.csv", "leaderboard.csv", "failure_prediction.csv", "failure_flags.csv",
+         "leaderboard.json", "leaderboard.md", "leaderboard.html")
 
 
 def per_case_frame(cells: Sequence[tuple[Cell, Path]]) -> pd.DataFrame:
@@ -121,6 +124,7 @@ def write_methods_results(folder: Path, cells: Sequence[tuple[Cell, Path]], arms
                           settings: Mapping[str, Any]) -> dict[str, Path]:
     """(Re)write every output from the finished cells; return the written paths by name."""
     from medseg_auto.experiments.methods_failure import failure_markdown, failure_prediction_table, signal_frame
+    from medseg_auto.experiments.methods_flag_rules import flag_rule_markdown, flag_rule_table
     from medseg_auto.experiments.methods_html import write_leaderboard_html
 
     rows = [row for row in (read_done(path) for _, path in cells) if row is not None]
@@ -132,16 +136,20 @@ def write_methods_results(folder: Path, cells: Sequence[tuple[Cell, Path]], arms
     write_csv(per_case, paths["per_case.csv"])
     table = leaderboard(per_case, arms)
     write_csv(table, paths["leaderboard.csv"])
-    failure = failure_prediction_table(signal_frame(cells), arms)
+    signals = signal_frame(cells)
+    failure = failure_prediction_table(signals, arms)
     write_csv(failure, paths["failure_prediction.csv"])
+    flags = flag_rule_table(signals, arms)
+    write_csv(flags, paths["failure_flags.csv"])
     failed = sorted(cell.key for cell, path in cells if (path / "failed.json").is_file())
     payload = {"settings": dict(settings), "cells_done": len(rows), "cells_total": len(cells), "failed": failed,
                "rows": [{k: _json_value(v) for k, v in row.items()} for row in table.to_dict("records")],
                "failure_prediction": [{k: _json_value(v) for k, v in row.items()}
-                                      for row in failure.to_dict("records")]}
+                                      for row in failure.to_dict("records")],
+               "failure_flags": [{k: _json_value(v) for k, v in row.items()} for row in flags.to_dict("records")]}
     write_json_atomic(paths["leaderboard.json"], payload)
     markdown = leaderboard_markdown(table, settings, len(rows), len(cells), failed)
-    markdown = markdown.rstrip("\n") + "\n" + "\n".join(failure_markdown(failure)) + "\n"
+    markdown = markdown.rstrip("\n") + "\n" + "\n".join([*failure_markdown(failure), *flag_rule_markdown(flags)]) + "\n"
     write_text_atomic(paths["leaderboard.md"], markdown)
     write_leaderboard_html(paths["leaderboard.html"], table, per_case, markdown_intro(settings, len(rows), len(cells),
                                                                                        failed), arms, failure)
