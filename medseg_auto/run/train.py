@@ -165,6 +165,7 @@ def train_fold(request: TrainRequest) -> Path:
             # Every rank leaves the group together before rank 0's (long, collective-free) final validation:
             # a rank tearing gloo down while a peer still uses it can abort the process.
             barrier(context)
+            trainer.release_distributed()
             destroy_process_group(context)
             if context.is_main and request.final_validation:
                 _final_validation(trainer, data, request)

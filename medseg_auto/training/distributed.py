@@ -121,6 +121,11 @@ def wrap_network(network: nn.Module, device: torch.device, context: DistributedC
     return DistributedDataParallel(network, device_ids=device_ids)
 
 
+def unwrap_network(model: nn.Module) -> nn.Module:
+    """The bare module of a DDP-wrapped ``model`` (``model`` itself otherwise)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
 def all_reduce_sum(tensor: torch.Tensor, context: DistributedContext) -> torch.Tensor:
     """Sum ``tensor`` over ranks, in place; returns it."""
     if context.enabled:

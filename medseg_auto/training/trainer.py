@@ -24,6 +24,7 @@ scaler, curves and random states exactly but draws fresh batches from the resume
 
 from __future__ import annotations
 
+import gc
 import math
 import random
 import time
@@ -39,7 +40,7 @@ from medseg_auto.preprocessing.cache import PreprocessedCache
 from medseg_auto.training import checkpoint as ckpt
 from medseg_auto.training.data.loader import BatchLoader, make_training_loader, make_validation_loader
 from medseg_auto.training.distributed import (
-    DistributedContext, all_reduce_sum, average_gradients, rank_batch_size, wrap_network,
+    DistributedContext, all_reduce_sum, average_gradients, rank_batch_size, unwrap_network, wrap_network,
 )
 from medseg_auto.training.hooks import (
     DatasetInfo, DomainMethod, OptimizerSetup, TrainingContext, TrainingSettings, autocast_context,
@@ -150,6 +151,15 @@ class Trainer:
         self.grad_scaler = torch.amp.GradScaler("cuda") if self.device.type == "cuda" else None
         self.loss = build_loss(configuration.batch_dice)
         self.model = wrap_network(self.network, self.device, self.distributed)
+
+    def release_distributed(self) -> None:
+        """Drop the DDP wrapper before the process group is destroyed (after :meth:`fit`).
+
+        DDP's reducer holds the process group and with it gloo's worker threads; if it outlives
+        ``destroy_process_group`` they are torn down at interpreter exit, which now and then
+        aborted a rank that finished early ("terminate called without an active exception")."""
+        self.model = unwrap_network(self.model)
+        gc.collect()
 
     def _default_optimizer(self) -> OptimizerSetup:
         s = self.settings

@@ -31,3 +31,28 @@ def test_two_process_gloo_training(toy_home):
     assert payload["current_epoch"] == 1
     log = (folder / "training_log.txt").read_text()
     assert "rank 0 of 2" in log and "1 sample(s) per rank" in log
+
+
+def test_release_distributed_drops_the_ddp_wrapper_before_the_group_is_destroyed(tmp_path):
+    """The DDP object (whose reducer holds the process group) must be gone before
+    destroy_process_group, or gloo's threads die at interpreter exit (an abort, now and then)."""
+    import types
+    import weakref
+
+    import torch
+    import torch.distributed as dist
+
+    from medseg_auto.training.distributed import wrap_network
+    from medseg_auto.training.trainer import Trainer
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        network = torch.nn.Conv2d(1, 2, 3)
+        holder = types.SimpleNamespace(model=wrap_network(network, torch.device("cpu"),
+                                                          DistributedContext(rank=0, world_size=2)))
+        wrapper = weakref.ref(holder.model)
+        assert wrapper() is not None and holder.model is not network
+        Trainer.release_distributed(holder)
+        assert holder.model is network and wrapper() is None
+    finally:
+        dist.destroy_process_group()
