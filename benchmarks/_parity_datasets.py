@@ -146,6 +146,7 @@ def build_busi_stu_raw(data: Path, cases: Sequence[str], layout: WorkLayout) -> 
     for folder in (staging, layout.raw_dataset):
         if folder.exists():
             shutil.rmtree(folder)
+    layout.nnunet_raw.mkdir(parents=True, exist_ok=True)  # ours_home/raw links to it: the importer writes there
     plan_preprocess.link_ours_home(layout)
     dataset_id, name = id_and_name(layout.dataset_folder)
     site_options = {"busi": [], "stu": ["--resize-masks", "--mask-pattern", "mask_{n}"]}

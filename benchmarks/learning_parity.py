@@ -27,6 +27,12 @@ seeds of the mean validation Dice, ours - nnU-Net, a paired Wilcoxon test over t
 cases (Dice averaged over seeds first), training seconds and peak memory. Several ``--epochs``
 values give Dice against iterations and against wall seconds (the plot, seeds as a band).
 Finished runs (``runs/.../run.json``) are not redone: rerun the same command to resume.
+
+``--dataset`` (``_parity_datasets.py``): ``hippocampus`` (default, as above) or ``busi_stu``:
+BUSI and STU pooled by our importer into one 2D PNG dataset with sites, where ONE shared coarse
+plan (ours, ``cpu_coarse`` preset) is written into nnU-Net's parity plans and nnU-Net
+preprocesses with it (``_parity_prepare.py``); ours split by site (recorded when it differs
+from nnU-Net's), and the table adds one block per site.
 """
 
 from __future__ import annotations
