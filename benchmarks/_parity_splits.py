@@ -17,7 +17,8 @@ from plan_preprocess import WorkLayout
 
 NNUNET_SPLIT_CODE = ("import json,sys; from nnunetv2.utilities.crossval_split import generate_crossval_split as g; "
                      "print(json.dumps(g(json.load(sys.stdin)['cases'], seed=12345, n_splits=5)))")
-OURS_SPLIT_CODE = ("import json,sys; from medseg_auto.training.data.splits import make_splits; d = json.load(sys.stdin); "
+OURS_SPLIT_CODE = ("import json,sys; from medseg_auto.training.data.splits import make_splits; "
+                   "d = json.load(sys.stdin); "
                    "print(json.dumps(make_splits(d['cases'], d['sites'] or None)))")
 
 

@@ -81,7 +81,8 @@ examples:
 
   # BUSI+STU 2d (pooled, sites busi/stu), one shared coarse plan: ours (cpu_coarse preset: spacing 2x2,
   # patch 128x160, batch 10) written into nnU-Net's parity plans; 3 seeds, 10 x 25 iterations
-  .venv/bin/python benchmarks/learning_parity.py --dataset busi_stu --epochs 10 --iterations 25 --threads 1 --num-workers 1
+  .venv/bin/python benchmarks/learning_parity.py --dataset busi_stu --epochs 10 --iterations 25 \\
+      --threads 1 --num-workers 1
 
   # only rebuild the table and plot from the finished runs
   .venv/bin/python benchmarks/learning_parity.py -c 2d --report-only
@@ -122,9 +123,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--iterations", type=int, default=50, help="training iterations per epoch")
     parser.add_argument("--val-iterations", type=int, default=None,
                         help="validation batches per epoch, both tools (default: iterations / 5, as both tools do)")
-    parser.add_argument("--batch-size", nargs="*", default=list(train_throughput.DEFAULT_BATCH_SIZES),
-                        metavar="[CONFIG=]N", help="batch size written into both parity plans: N, CONFIG=N or "
-                        "CONFIG=plan")
+    parser.add_argument("--batch-size", nargs="*", default=None, metavar="[CONFIG=]N",
+                        help="batch size written into both parity plans: N, CONFIG=N or CONFIG=plan (default: "
+                        "2d=32 for hippocampus, the shared plan's for busi_stu)")
     parser.add_argument("--num-workers", type=int, default=train_throughput.default_workers(),
                         help="data-augmentation processes, both tools (nnU-Net: nnUNet_n_proc_DA)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads, both tools")
@@ -140,7 +141,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.work = default_work.with_name(spec.work_name)
     if args.data == datasets.SPECS["hippocampus"].default_data:
         args.data = spec.default_data
-    if args.batch_size == list(train_throughput.DEFAULT_BATCH_SIZES):
+    if args.batch_size is None:
         args.batch_size = list(spec.default_batch_sizes)
     if args.quick:
         for key, value in QUICK.items():
@@ -391,7 +392,8 @@ def write_report(layout: WorkLayout, args: argparse.Namespace, rows: list[dict[s
     for configuration in {configuration for configuration, _ in runs}:
         stats.plot_runs([run for name, run in runs if name == configuration],
                         layout.root / f"learning_parity_{configuration}.png",
-                        f"{layout.dataset_folder} {configuration}: validation Dice, fold 0 (each point: a finished run)")
+                        f"{layout.dataset_folder} {configuration}: validation Dice, fold 0 "
+                        "(each point: a finished run)")
     return common.write_results(layout.root, "learning_parity", rows, stats.TABLE_COLUMNS, metadata)
 
 

@@ -153,7 +153,8 @@ def test_shared_parity_plans_files_and_comparison(parity, tmp_path):
     assert written_ours["plans_name"] == "plans_parity"
     assert written_ours["configurations"]["2d"]["data_identifier"] == "plans_cpu_coarse_2d"  # same preprocessed data
     assert json.loads(ours.read_text())["configurations"]["2d"]["batch_size"] == 10  # input untouched
-    ours_only = parity._parity_prepare.write_shared_parity_plans(None, ours, "2d", None, parity.datasets.PARITY_PLAN_FIELDS)
+    ours_only = parity._parity_prepare.write_shared_parity_plans(None, ours, "2d", None,
+                                                                 parity.datasets.PARITY_PLAN_FIELDS)
     assert {row["same"] for row in ours_only} == {""}
 
 
