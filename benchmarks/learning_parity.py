@@ -333,8 +333,9 @@ def prepare(args: argparse.Namespace, layout: WorkLayout, venv: Path | None,
         cases = train_throughput.prepare_data(args, layout, need_ours=True, need_nnunet=venv is not None)
     sites = dataset_sites(layout)
     metadata["split_check"] = split = align_splits(layout, venv, cases, sites)
-    say(layout, f"{len(cases)} cases; fold 0 validates on {split['fold0_val_cases']} "
-                f"{split.get('fold0_val_sites', '')}; nnU-Net's splits equal ours: {split.get('nnunet_equals_ours')}")
+    per_site = f" {split['fold0_val_sites']}" if "fold0_val_sites" in split else ""
+    say(layout, f"{len(cases)} cases; fold 0 validates on {split['fold0_val_cases']}{per_site}; "
+                f"nnU-Net's splits equal ours: {split.get('nnunet_equals_ours')}")
     for configuration in args.configurations:
         comparison = comparisons.get(configuration) or write_parity_plans(
             layout.nnunet_output / NNUNET_PLANS_FILE, plan_preprocess.ours_plans_file(layout.ours_output),
