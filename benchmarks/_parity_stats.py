@@ -104,6 +104,19 @@ def parity_rows(configuration: str, runs: Sequence[Mapping[str, Any]]) -> list[d
     return rows
 
 
+def per_site_rows(configuration: str, runs: Sequence[Mapping[str, Any]],
+                  sites: Mapping[str, str]) -> list[dict[str, Any]]:
+    """:func:`parity_rows` once per site, on the validation cases of that site only (labelled
+    ``CONFIGURATION site=SITE``); none for a dataset without sites or a site without a scored case."""
+    rows = []
+    for site in sorted(set(sites.values())):
+        site_runs = [{**run, "dice": {name: {case: dice for case, dice in cases.items() if sites.get(case) == site}
+                                      for name, cases in run["dice"].items()}} for run in runs]
+        if any(cases for run in site_runs for cases in run["dice"].values()):
+            rows += parity_rows(f"{configuration} site={site}", site_runs)
+    return rows
+
+
 def _class_mean_per_case(runs: Sequence[Mapping[str, Any]], names: Sequence[str]) -> dict[str, float]:
     """Per case: the seed-averaged Dice, averaged over ``names`` (one class or all)."""
     averaged = [seed_averaged(runs, name) for name in names]

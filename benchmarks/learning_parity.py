@@ -27,6 +27,12 @@ seeds of the mean validation Dice, ours - nnU-Net, a paired Wilcoxon test over t
 cases (Dice averaged over seeds first), training seconds and peak memory. Several ``--epochs``
 values give Dice against iterations and against wall seconds (the plot, seeds as a band).
 Finished runs (``runs/.../run.json``) are not redone: rerun the same command to resume.
+
+``--dataset`` (``_parity_datasets.py``): ``hippocampus`` (default, as above) or ``busi_stu``:
+BUSI and STU pooled by our importer into one 2D PNG dataset with sites, where ONE shared coarse
+plan (ours, ``cpu_coarse`` preset) is written into nnU-Net's parity plans and nnU-Net
+preprocesses with it (``_parity_prepare.py``); ours split by site (recorded when it differs
+from nnU-Net's), and the table adds one block per site.
 """
 
 from __future__ import annotations
@@ -43,15 +49,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import _parity_datasets as datasets
+import _parity_prepare
 import _parity_stats as stats
 import common
 import plan_preprocess
 import train_throughput
+from _parity_prepare import NNUNET_PARITY_PLANS, OURS_PARITY_PLANS, write_json
+from _parity_splits import NNUNET_SPLIT_CODE, OURS_SPLIT_CODE, align_splits, same_folds, tool_splits  # noqa: F401
 from common import BenchmarkError
-from plan_preprocess import DATASET_FOLDER, DATASET_NAME, NNUNET_PLANS_FILE, WorkLayout
+from plan_preprocess import DATASET_NAME, NNUNET_PLANS_FILE, WorkLayout
 from train_throughput import NNUNET_TOOL, OURS_TOOL
 
-NNUNET_PARITY_PLANS, OURS_PARITY_PLANS = "nnUNetPlans_parity", "plans_parity"
 TOOL_TAGS = {NNUNET_TOOL: "nnunet", OURS_TOOL: "ours"}
 QUICK = {"dataset_cases": 20, "configurations": ["2d"], "seeds": 1, "epochs": [2], "iterations": 3,
          "val_iterations": 1, "batch_size": ["2d=8", "3d_fullres=2"]}
@@ -70,11 +79,16 @@ examples:
   # smoke run (20 cases, 2d, one seed, 2 x 3 iterations; under 5 minutes on 2 idle cores)
   .venv/bin/python benchmarks/learning_parity.py --quick
 
+  # BUSI+STU 2d (pooled, sites busi/stu), one shared coarse plan: ours (cpu_coarse preset: spacing 2x2,
+  # patch 128x160, batch 10) written into nnU-Net's parity plans; 3 seeds, 10 x 25 iterations
+  .venv/bin/python benchmarks/learning_parity.py --dataset busi_stu --epochs 10 --iterations 25 \\
+      --threads 1 --num-workers 1
+
   # only rebuild the table and plot from the finished runs
   .venv/bin/python benchmarks/learning_parity.py -c 2d --report-only
 
 Rerunning a command resumes it: finished runs (WORK/runs/CONFIG_BUDGET/TOOL_seedS/run.json) are
-kept. Results: WORK/learning_parity.{json,csv,md}, WORK/learning_parity_CONFIG.png, logs in
+kept. WORK defaults to benchmarks/_work/learning_parity (hippocampus) or learning_parity_DATASET. Results: WORK/learning_parity.{json,csv,md}, WORK/learning_parity_CONFIG.png, logs in
 WORK/logs/ and in each run's folder.
 """
 
@@ -99,6 +113,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="learning_parity.py", description=__doc__, epilog=EXAMPLES,
                                      formatter_class=plan_preprocess.HelpFormatter)
     train_throughput.add_data_arguments(parser, "learning_parity")
+    parser.add_argument("--dataset", choices=sorted(datasets.SPECS), default="hippocampus",
+                        help="hippocampus: --data is the MSD folder; busi_stu: --data holds busi_half/ and stu_bus/ "
+                             "(default ../shared/data), one shared coarse 2d plan (see _parity_datasets.py)")
     parser.add_argument("-c", "--configurations", nargs="+", default=["2d"], choices=plan_preprocess.CONFIGURATIONS)
     parser.add_argument("--seeds", type=int, default=3, help="runs per tool, seeds 0..K-1")
     parser.add_argument("--epochs", type=int, nargs="+", default=[10], help="epochs per run; several values: "
@@ -106,9 +123,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--iterations", type=int, default=50, help="training iterations per epoch")
     parser.add_argument("--val-iterations", type=int, default=None,
                         help="validation batches per epoch, both tools (default: iterations / 5, as both tools do)")
-    parser.add_argument("--batch-size", nargs="*", default=list(train_throughput.DEFAULT_BATCH_SIZES),
-                        metavar="[CONFIG=]N", help="batch size written into both parity plans: N, CONFIG=N or "
-                        "CONFIG=plan")
+    parser.add_argument("--batch-size", nargs="*", default=None, metavar="[CONFIG=]N",
+                        help="batch size written into both parity plans: N, CONFIG=N or CONFIG=plan (default: "
+                        "2d=32 for hippocampus, the shared plan's for busi_stu)")
     parser.add_argument("--num-workers", type=int, default=train_throughput.default_workers(),
                         help="data-augmentation processes, both tools (nnU-Net: nnUNet_n_proc_DA)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads, both tools")
@@ -118,11 +135,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke run: " + ", ".join(f"{k}={v}" for k, v in
                                                                                          QUICK.items()))
     args = parser.parse_args(argv)
+    spec = datasets.SPECS[args.dataset]
+    default_work = common.repo_root() / "benchmarks" / "_work" / "learning_parity"
+    if args.work == default_work:
+        args.work = default_work.with_name(spec.work_name)
+    if args.data == datasets.SPECS["hippocampus"].default_data:
+        args.data = spec.default_data
+    if args.batch_size is None:
+        args.batch_size = list(spec.default_batch_sizes)
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
-        if args.work == common.repo_root() / "benchmarks" / "_work" / "learning_parity":
-            args.work = args.work.with_name("learning_parity_quick")
+        if args.work == default_work.with_name(spec.work_name):
+            args.work = args.work.with_name(f"{spec.work_name}_quick")
+    unknown = sorted(set(args.configurations) - set(spec.configurations))
+    if unknown:
+        parser.error(f"--dataset {args.dataset} offers the configurations {', '.join(spec.configurations)}, "
+                     f"not {', '.join(unknown)}")
     if args.seeds < 1 or args.iterations < 1 or min(args.epochs) < 1:
         parser.error("--seeds, --epochs and --iterations must be positive")
     args.batch_sizes = train_throughput.parse_batch_sizes(parser, args.batch_size, args.configurations)
@@ -135,40 +164,6 @@ def budgets(args: argparse.Namespace, configuration: str) -> list[Budget]:
 
 
 # --- same split, same plans ------------------------------------------------------------------
-
-NNUNET_SPLIT_CODE = ("import json,sys; from nnunetv2.utilities.crossval_split import generate_crossval_split as g; "
-                     "print(json.dumps(g(json.load(sys.stdin), seed=12345, n_splits=5)))")
-OURS_SPLIT_CODE = ("import json,sys; from medseg_auto.training.data.splits import make_splits; "
-                   "print(json.dumps(make_splits(json.load(sys.stdin))))")
-
-
-def tool_splits(python: Path, code: str, cases: Sequence[str]) -> list[dict[str, list[str]]]:
-    """The five folds a tool makes for ``cases`` (computed by the tool's own code, in its venv)."""
-    result = subprocess.run([str(python), "-c", code], input=json.dumps(sorted(cases)), capture_output=True,
-                            text=True, check=False)
-    if result.returncode != 0:
-        raise BenchmarkError(f"computing splits with {python} failed:\n{result.stderr[-2000:]}")
-    return json.loads(result.stdout)
-
-
-def same_folds(first: Sequence[dict[str, list[str]]], second: Sequence[dict[str, list[str]]]) -> bool:
-    """Whether two split lists hold the same folds, in order (case order inside a list ignored)."""
-    return len(first) == len(second) and all(
-        set(a["train"]) == set(b["train"]) and set(a["val"]) == set(b["val"]) for a, b in zip(first, second))
-
-
-def align_splits(layout: WorkLayout, nnunet_venv: Path | None, cases: Sequence[str]) -> dict[str, Any]:
-    """Compare the tools' splits, then give both ours (``splits.json`` and ``splits_final.json``)."""
-    ours = tool_splits(common.ours_python(), OURS_SPLIT_CODE, cases)
-    check: dict[str, Any] = {"fold0_val_cases": len(ours[0]["val"])}
-    if nnunet_venv is not None:
-        nnunet = tool_splits(nnunet_venv / "bin" / "python", NNUNET_SPLIT_CODE, cases)
-        check["nnunet_equals_ours"] = same_folds(ours, nnunet)
-    for path in (layout.ours_output / "splits.json", layout.nnunet_output / "splits_final.json"):
-        if path.parent.is_dir():
-            write_json(path, ours)
-    return check
-
 
 def write_parity_plans(nnunet_plans: Path, ours_plans: Path, configuration: str,
                        batch_size: int | None) -> list[dict[str, Any]]:
@@ -192,13 +187,6 @@ def write_parity_plans(nnunet_plans: Path, ours_plans: Path, configuration: str,
             for row in rows if row["configuration"] == configuration]
 
 
-def write_json(path: Path, payload: Any) -> None:
-    """Temp file then rename: a killed benchmark never leaves half a file."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    temporary.replace(path)
-
-
 # --- one run ---------------------------------------------------------------------------------
 
 def run_folder(layout: WorkLayout, configuration: str, budget: Budget, tool: str, seed: int) -> Path:
@@ -206,10 +194,10 @@ def run_folder(layout: WorkLayout, configuration: str, budget: Budget, tool: str
 
 
 def ours_train_command(home: Path, configuration: str, budget: Budget, seed: int,
-                       num_workers: int) -> list[str]:
+                       num_workers: int, dataset_name: str = DATASET_NAME) -> list[str]:
     """Our training (``medseg-auto train``, which ends with its final validation). The one place
     that says how ours is trained: adapt here when the training API changes."""
-    return [*common.ours_command(), "train", DATASET_NAME, configuration, "0", "-p", OURS_PARITY_PLANS,
+    return [*common.ours_command(), "train", dataset_name, configuration, "0", "-p", OURS_PARITY_PLANS,
             "--epochs", str(budget.epochs), "--iters-per-epoch", str(budget.iterations), "--val-iters-per-epoch",
             str(budget.val_iterations), "--seed", str(seed), "--num-workers", str(num_workers), "--device", "cpu",
             "--home", str(home), "--no-progress"]
@@ -230,19 +218,21 @@ def tool_command(tool: str, layout: WorkLayout, args: argparse.Namespace, config
                  seed: int, folder: Path) -> tuple[list[str], dict[str, str], Path]:
     """Command, environment additions and prediction folder of one run."""
     threads = {"OMP_NUM_THREADS": str(args.threads)}
+    spec = datasets.SPECS[args.dataset]
     if tool == NNUNET_TOOL:
         cmd, env = train_throughput.driver_run(
             NNUNET_TOOL, layout, configuration, args.nnunet_venv, folder / "driver.json", epochs=budget.epochs,
             iterations=budget.iterations, val_iterations=budget.val_iterations, num_workers=args.num_workers,
-            threads=args.threads, extra=["--seed", str(seed), "--plans", NNUNET_PARITY_PLANS, "--final-validation"])
+            threads=args.threads, extra=["--seed", str(seed), "--plans", NNUNET_PARITY_PLANS, "--final-validation"],
+            dataset_name=spec.name, dataset_folder=spec.folder)
         env = {**env, **threads, "nnUNet_results": str(folder / "nnUNet_results"),
                "nnUNet_def_n_proc": str(max(1, args.num_workers))}
-        fold = (folder / "nnUNet_results" / DATASET_FOLDER / f"nnUNetTrainer__{NNUNET_PARITY_PLANS}__{configuration}"
+        fold = (folder / "nnUNet_results" / spec.folder / f"nnUNetTrainer__{NNUNET_PARITY_PLANS}__{configuration}"
                 / "fold_0")
         return cmd, env, fold
     home = run_home(layout, folder)
-    fold = home / "results" / DATASET_FOLDER / f"Base__{OURS_PARITY_PLANS}__{configuration}" / "fold_0"
-    return ours_train_command(home, configuration, budget, seed, args.num_workers), threads, fold
+    fold = home / "results" / spec.folder / f"Base__{OURS_PARITY_PLANS}__{configuration}" / "fold_0"
+    return ours_train_command(home, configuration, budget, seed, args.num_workers, spec.name), threads, fold
 
 
 def epoch_times(tool: str, folder: Path, fold: Path) -> list[float]:
@@ -256,10 +246,10 @@ def epoch_times(tool: str, folder: Path, fold: Path) -> list[float]:
         return [float(row["epoch_time"]) for row in csv.DictReader(handle)]
 
 
-def evaluate(layout: WorkLayout, predictions: Path, output: Path) -> Path:
+def evaluate(layout: WorkLayout, predictions: Path, output: Path, dataset_name: str = DATASET_NAME) -> Path:
     """Score ``predictions`` with our evaluator against the raw labels; returns ``metrics.csv``."""
     cmd = [*common.ours_command(), "evaluate", str(predictions), str(layout.raw_dataset / "labelsTr"), "-d",
-           DATASET_NAME, "--predicted-only", "-o", str(output), "--home", str(layout.ours_home), "-np", "1",
+           dataset_name, "--predicted-only", "-o", str(output), "--home", str(layout.ours_home), "-np", "1",
            "--no-progress"]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0 or not (output / "metrics.csv").is_file():
@@ -286,14 +276,15 @@ def run_once(tool: str, layout: WorkLayout, args: argparse.Namespace, configurat
         measurement = common.measure_command(cmd, env=env, cwd=layout.root, log_path=folder / "train.log")
         trained = {**measurement.as_dict(), "load_before": load_before, "load_after": os.getloadavg()}
         predictions = fold / "validation"
-        predicted = len(list(predictions.glob(f"*{plan_preprocess.FILE_ENDING}"))) if predictions.is_dir() else 0
+        file_ending = datasets.SPECS[args.dataset].file_ending
+        predicted = len(list(predictions.glob(f"*{file_ending}"))) if predictions.is_dir() else 0
         if measurement.returncode != 0 or predicted != expected_cases:
             raise BenchmarkError(f"{tool} seed {seed}: exit {measurement.returncode}, {predicted}/{expected_cases} "
                                  f"validation cases predicted (log: {folder / 'train.log'}):\n"
                                  f"{common.log_tail(folder / 'train.log')}")
         write_json(folder / "trained.json", trained)
     predictions = fold / "validation"
-    metrics = evaluate(layout, predictions, folder / "evaluation")
+    metrics = evaluate(layout, predictions, folder / "evaluation", datasets.SPECS[args.dataset].name)
     times = epoch_times(tool, folder, fold)
     record = {"tool": tool, "seed": seed, "configuration": configuration, "budget": budget.__dict__,
               "iterations": budget.epochs * budget.iterations, "train_s": sum(times), "epoch_times_s": times,
@@ -328,26 +319,48 @@ def tools(args: argparse.Namespace) -> list[str]:
     return ([] if args.skip_nnunet else [NNUNET_TOOL]) + ([] if args.skip_ours else [OURS_TOOL])
 
 
+def prepare(args: argparse.Namespace, layout: WorkLayout, venv: Path | None,
+            metadata: dict[str, Any]) -> dict[str, str]:
+    """Raw data, both tools' preprocessing, the same split and the parity plans of every
+    configuration (comparisons into ``metadata``); returns the dataset's sites (case -> site)."""
+    spec = datasets.SPECS[args.dataset]
+    comparisons: dict[str, list[dict[str, Any]]] = {}
+    if spec.shared_plan:
+        cases, comparisons, metadata["geometry_check"] = _parity_prepare.prepare_shared_plan(
+            spec, args, layout, venv, lambda message: say(layout, message))
+        say(layout, f"geometry both tools read: {metadata['geometry_check']}")
+    else:
+        cases = train_throughput.prepare_data(args, layout, need_ours=True, need_nnunet=venv is not None)
+    sites = dataset_sites(layout)
+    metadata["split_check"] = split = align_splits(layout, venv, cases, sites)
+    per_site = f" {split['fold0_val_sites']}" if "fold0_val_sites" in split else ""
+    say(layout, f"{len(cases)} cases; fold 0 validates on {split['fold0_val_cases']}{per_site}; "
+                f"nnU-Net's splits equal ours: {split.get('nnunet_equals_ours')}")
+    for configuration in args.configurations:
+        comparison = comparisons.get(configuration) or write_parity_plans(
+            layout.nnunet_output / NNUNET_PLANS_FILE, plan_preprocess.ours_plans_file(layout.ours_output),
+            configuration, args.batch_sizes[configuration])
+        metadata[f"plans_{configuration}"] = comparison
+        different = [row["field"] for row in comparison if row["same"] != "yes"]
+        say(layout, f"{configuration} parity plans written; fields that differ: {different or 'none'}")
+    return sites
+
+
+def dataset_sites(layout: WorkLayout) -> dict[str, str]:
+    """The raw dataset.json's ``sites`` (case -> site; empty without sites)."""
+    return dict((common.read_json_or_none(layout.raw_dataset / "dataset.json") or {}).get("sites") or {})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    layout = WorkLayout(args.work)
+    spec = datasets.SPECS[args.dataset]
+    layout = spec.layout(args.work)
     venv = None if args.skip_nnunet else common.nnunet_venv(args.nnunet_venv)
     args.nnunet_venv = venv or args.nnunet_venv
-    metadata: dict[str, Any] = {}
-    if not args.report_only:
-        cases = train_throughput.prepare_data(args, layout, need_ours=True, need_nnunet=venv is not None)
-        metadata["split_check"] = split = align_splits(layout, venv, cases)
-        say(layout, f"{len(cases)} cases; fold 0 validates on {split['fold0_val_cases']}; "
-                    f"nnU-Net's splits equal ours: {split.get('nnunet_equals_ours')}")
+    metadata: dict[str, Any] = {"dataset": spec.folder}
+    sites = dataset_sites(layout) if args.report_only else prepare(args, layout, venv, metadata)
     rows, all_runs = [], []
     for configuration in args.configurations:
-        if not args.report_only:
-            comparison = write_parity_plans(layout.nnunet_output / NNUNET_PLANS_FILE,
-                                            plan_preprocess.ours_plans_file(layout.ours_output), configuration,
-                                            args.batch_sizes[configuration])
-            metadata[f"plans_{configuration}"] = comparison
-            different = [row["field"] for row in comparison if row["same"] != "yes"]
-            say(layout, f"{configuration} parity plans written; fields that differ: {different or 'none'}")
         for budget in budgets(args, configuration):
             runs = []
             for seed in range(args.seeds):
@@ -361,7 +374,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if record is not None:
                         runs.append(with_dice(record))
             label = f"{configuration} {budget.epochs}x{budget.iterations} b{budget.batch_size or 'plan'}"
-            rows += stats.parity_rows(label, runs)
+            if spec.key != "hippocampus":
+                label = f"{spec.key} {label}"
+            rows += stats.parity_rows(label, runs) + stats.per_site_rows(label, runs, sites)
             all_runs += [(configuration, run) for run in runs]
             write_report(layout, args, rows, all_runs, metadata)
     paths = write_report(layout, args, rows, all_runs, metadata)
@@ -378,7 +393,8 @@ def write_report(layout: WorkLayout, args: argparse.Namespace, rows: list[dict[s
     for configuration in {configuration for configuration, _ in runs}:
         stats.plot_runs([run for name, run in runs if name == configuration],
                         layout.root / f"learning_parity_{configuration}.png",
-                        f"{DATASET_FOLDER} {configuration}: validation Dice, fold 0 (each point: a finished run)")
+                        f"{layout.dataset_folder} {configuration}: validation Dice, fold 0 "
+                        "(each point: a finished run)")
     return common.write_results(layout.root, "learning_parity", rows, stats.TABLE_COLUMNS, metadata)
 
 

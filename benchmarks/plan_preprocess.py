@@ -97,8 +97,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 class WorkLayout:
     """Folders under ``--work``: one raw dataset read by both tools, separate outputs."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, dataset_folder: str = DATASET_FOLDER) -> None:
         self.root = root.resolve()
+        self.dataset_folder = dataset_folder
         self.nnunet_raw = self.root / "nnUNet_raw"
         self.nnunet_preprocessed = self.root / "nnUNet_preprocessed"
         self.nnunet_results = self.root / "nnUNet_results"
@@ -107,15 +108,15 @@ class WorkLayout:
 
     @property
     def raw_dataset(self) -> Path:
-        return self.nnunet_raw / DATASET_FOLDER
+        return self.nnunet_raw / self.dataset_folder
 
     @property
     def nnunet_output(self) -> Path:
-        return self.nnunet_preprocessed / DATASET_FOLDER
+        return self.nnunet_preprocessed / self.dataset_folder
 
     @property
     def ours_output(self) -> Path:
-        return self.ours_home / "preprocessed" / DATASET_FOLDER
+        return self.ours_home / "preprocessed" / self.dataset_folder
 
     def nnunet_env(self) -> dict[str, str]:
         return {
@@ -285,7 +286,7 @@ def ours_plans_file(output: Path) -> Path | None:
 
 
 def compare_plans(reference: dict[str, Any] | None, nnunet: dict[str, Any] | None,
-                  ours: dict[str, Any] | None) -> list[dict[str, Any]]:
+                  ours: dict[str, Any] | None, fields: Sequence[str] = PLAN_FIELDS) -> list[dict[str, Any]]:
     """One row per (configuration, field): the reference value, nnU-Net's and ours, each with
     whether it equals the reference. nnU-Net should match (same version, same data); ours may
     differ on purpose, and its plans then say why. A verdict is empty where a plans file is
@@ -294,7 +295,7 @@ def compare_plans(reference: dict[str, Any] | None, nnunet: dict[str, Any] | Non
     for configuration in CONFIGURATIONS:
         ref_section, nnunet_section, ours_section = (configuration_of(plans, configuration)
                                                      for plans in (reference, nnunet, ours))
-        for field in PLAN_FIELDS:
+        for field in fields:
             ref_value = common.find_key(ref_section, field)
             nnunet_value, ours_value = common.find_key(nnunet_section, field), common.find_key(ours_section, field)
             rows.append({

@@ -178,9 +178,10 @@ def raw_dataset_matches(layout: WorkLayout, cases: Sequence[str]) -> bool:
 
 def driver_run(tool: str, layout: WorkLayout, configuration: str, nnunet_venv: Path, result: Path, *, epochs: int,
                iterations: int, val_iterations: int, num_workers: int, batch_size: int | None = None,
-               threads: int | None = None, extra: Sequence[str] = (),
-               device: str = "cpu") -> tuple[list[str], dict[str, str]]:
-    """Command and environment that train fold 0 of ``configuration`` with ``tool`` under the driver."""
+               threads: int | None = None, extra: Sequence[str] = (), device: str = "cpu",
+               dataset_name: str = DATASET_NAME, dataset_folder: str = DATASET_FOLDER) -> tuple[list[str], dict[str, str]]:
+    """Command and environment that train fold 0 of ``configuration`` with ``tool`` under the driver
+    (``dataset_name``/``dataset_folder``: ours / nnU-Net's name of the dataset, Hippocampus by default)."""
     options = ["--configuration", configuration, "--fold", "0", "--epochs", str(epochs), "--iterations",
                str(iterations), "--val-iterations", str(val_iterations), "--result", str(result), "--device", device,
                *extra]
@@ -191,11 +192,11 @@ def driver_run(tool: str, layout: WorkLayout, configuration: str, nnunet_venv: P
     if tool == NNUNET_TOOL:
         python = common.nnunet_venv(nnunet_venv) / "bin" / "python"
         env = {**layout.nnunet_env(), "nnUNet_n_proc_DA": str(num_workers)}
-        return [str(python), str(DRIVER), "nnunet", "--dataset", DATASET_FOLDER, *options], env
+        return [str(python), str(DRIVER), "nnunet", "--dataset", dataset_folder, *options], env
     ours = ["--home", str(layout.ours_home), "--num-workers", str(num_workers)]
     if tool == OURS_FP32_TOOL:
         ours.append("--no-bf16")
-    return [str(common.ours_python()), str(DRIVER), "ours", "--dataset", DATASET_NAME, *options, *ours], {}
+    return [str(common.ours_python()), str(DRIVER), "ours", "--dataset", dataset_name, *options, *ours], {}
 
 
 def measure_driver(label: str, cmd: list[str], env: dict[str, str], layout: WorkLayout,
