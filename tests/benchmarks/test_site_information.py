@@ -1,0 +1,41 @@
+"""``site_information.py``'s pieces: the centred crop/pad and the cross-validated site probe
+(separable features are told apart, identical ones are at chance). No network, no timings."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import site_information  # noqa: E402
+
+
+def test_centre_fit_crops_and_pads_around_the_centre():
+    data = np.arange(2 * 6 * 3, dtype=np.float32).reshape(2, 6, 3)
+    fitted = site_information.centre_fit(data, (4, 5))
+    assert fitted.shape == (2, 4, 5)
+    np.testing.assert_array_equal(fitted[:, :, 1:4], data[:, 1:5, :])  # rows cropped 1..4, columns padded by 1
+    assert (fitted[:, :, 0] == 0).all() and (fitted[:, :, 4] == 0).all()
+
+
+def test_probe_tells_separable_sites_apart_and_not_identical_ones():
+    rng = np.random.default_rng(0)
+    sites = np.array(["a"] * 20 + ["b"] * 20)
+    separable = rng.normal(size=(40, 8)) + (sites == "b")[:, None] * 3.0
+    accuracy, _ = site_information.cross_validated(separable, sites, seed=0)
+    assert accuracy > 0.9
+    same = np.ones((40, 8))
+    chance, _ = site_information.cross_validated(same, sites, seed=0)
+    assert chance == pytest.approx(0.5)
+
+
+def test_site_option_needs_two_existing_folders(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        site_information.parse_args(["--model", str(tmp_path), "--fold", "0", "--crop", "8", "8",
+                                     "--site", f"a={tmp_path}"])
+    assert "at least two --site" in capsys.readouterr().err
