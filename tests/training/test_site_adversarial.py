@@ -71,6 +71,27 @@ def test_site_loss_reaches_the_encoder_reversed_and_scaled():
     assert logs["grl_lambda"] == 0.5 and logs["site_loss"] == pytest.approx(float(plain_loss.detach()))
 
 
+def test_epoch_balanced_accuracy_is_the_mean_per_site_recall_over_the_epoch():
+    """A head that always answers the majority site has plain accuracy = the majority rate but
+    balanced accuracy 1 / sites: the number that shows whether site information is left."""
+    method = method_on({"c1": "x", "c2": "y"})
+    for parameter in method.head.parameters():
+        torch.nn.init.zeros_(parameter)
+    with torch.no_grad():
+        method.head.classifier[-1].bias.copy_(torch.tensor([1.0, 0.0]))  # always site x
+    for sites in (["x", "x", "x", "y"], ["x", "x", None, "x"]):  # 6 x, 1 y over two batches
+        _, logs = method.extra_loss({"bottleneck": torch.randn(4, 6, 2, 2)}, [], torch.zeros(4, 1, 2, 2),
+                                    {"sites": sites})
+    row: dict = {}
+    method.on_epoch_end(0, row)
+    assert row["site_balanced_accuracy"] == pytest.approx(0.5)
+    assert row["site_majority_rate"] == pytest.approx(6 / 7)
+    method.on_epoch_start(1, {})  # counts start again each epoch
+    row = {}
+    method.on_epoch_end(1, row)
+    assert row == {}
+
+
 def test_single_linear_head_option():
     method = method_on({"c1": "x", "c2": "y"}, site_hidden=0)
     assert isinstance(method.head.classifier, torch.nn.Linear) and method.head.classifier.out_features == 2
@@ -96,6 +117,7 @@ def test_site_adversarial_end_to_end_logs_accuracy_and_resumes(tmp_path):
     assert len(rows) == 2
     for row in rows:
         assert 0.0 <= float(row["site_accuracy"]) <= 1.0 and float(row["site_loss"]) > 0
+        assert 0.0 <= float(row["site_balanced_accuracy"]) <= 1.0 and float(row["site_majority_rate"]) >= 0.5
     assert [float(row["grl_lambda"]) for row in rows] == pytest.approx([0.0, ramped_lambda(0.2, 1, 2)])
     state = load_checkpoint(folder / FINAL)["methods_state"]["SiteAdversarial"]
     assert state["sites"] == ["a", "b"] and state["head"]

@@ -27,8 +27,9 @@ with DANN's ramp ``lambda_p = lambda (2 / (1 + exp(-10 p)) - 1)``, ``p = epoch /
 (``--grl-no-ramp`` for a constant lambda). TABE's confusion loss and LNTL's conditional entropy
 need alternating optimizer steps and are not implemented. Sites are indexed over the training
 cases' sites (sorted); cases without a site do not enter the site loss. Logged per epoch in
-``progress.csv``: ``site_loss``, ``site_accuracy`` (train batches; falls toward the majority-site
-rate as the features lose site information) and ``grl_lambda``. A fold whose training cases come
+``progress.csv``: ``site_loss``, ``site_accuracy`` (train batches), ``site_balanced_accuracy`` (the
+mean per-site recall over the epoch: falls toward 1 / sites as the features lose site
+information, whatever the sites' mix), ``site_majority_rate`` and ``grl_lambda``. A fold whose training cases come
 from fewer than two sites is refused: there is no site to unlearn.
 """
 
@@ -142,6 +143,8 @@ class SiteAdversarial(DomainMethod):
         self.head: nn.Module | None = None
         self.strength = 0.0
         self.num_epochs = 1
+        self.seen: torch.Tensor | None = None  # (S,) labelled training samples per site this epoch
+        self.correct: torch.Tensor | None = None  # (S,) of those, classified as their site
 
     def setup(self, context: TrainingContext) -> None:
         sites = sorted({context.sites.get(case) for case in context.train_case_ids} - {None})
@@ -169,6 +172,22 @@ class SiteAdversarial(DomainMethod):
     def on_epoch_start(self, epoch: int, logs: dict[str, Any]) -> None:
         self.strength = ramped_lambda(float(self.options["grl_lambda"]), epoch, self.num_epochs,
                                       ramp=not self.options["grl_no_ramp"])
+        self.seen = torch.zeros(len(self.site_index), dtype=torch.long)
+        self.correct = torch.zeros(len(self.site_index), dtype=torch.long)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        """Add the epoch's ``site_balanced_accuracy`` (mean over sites of the share of each
+        site's samples the head classified right: 1 / S for a head that cannot tell the sites,
+        whatever their mix) and ``site_majority_rate`` (the most common site's share of the
+        samples, which plain ``site_accuracy`` reaches by always answering that site). On pooled
+        data that is mostly one site (BUSI 780 + STU 42 cases) only the balanced one shows
+        whether the features still carry site information."""
+        if self.seen is None or int(self.seen.sum()) == 0:
+            return
+        present = self.seen > 0
+        recall = self.correct[present].float() / self.seen[present].float()
+        logs["site_balanced_accuracy"] = float(recall.mean())
+        logs["site_majority_rate"] = float(self.seen.max()) / float(self.seen.sum())
 
     def extra_loss(self, features: Mapping[str, torch.Tensor], logits: Sequence[torch.Tensor], target: torch.Tensor,
                    batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -180,7 +199,12 @@ class SiteAdversarial(DomainMethod):
         if not bool(known.any()):
             return scores.sum() * 0.0, {"grl_lambda": self.strength}
         loss = nn.functional.cross_entropy(scores, labels, ignore_index=IGNORE)
-        accuracy = (scores.argmax(dim=1)[known] == labels[known]).float().mean()
+        right = scores.argmax(dim=1)[known] == labels[known]
+        accuracy = right.float().mean()
+        if self.seen is not None:
+            known_labels = labels[known].cpu()
+            self.seen += torch.bincount(known_labels, minlength=len(self.site_index))
+            self.correct += torch.bincount(known_labels[right.cpu()], minlength=len(self.site_index))
         return loss, {"site_loss": float(loss.detach()), "site_accuracy": float(accuracy), "grl_lambda": self.strength}
 
     def extra_checkpoint_state(self) -> dict[str, Any]:
