@@ -154,7 +154,8 @@ def failure_markdown(table: pd.DataFrame) -> list[str]:
 def failure_note(table: pd.DataFrame) -> str:
     """What the failure-prediction table shows, and how many rows lack signals."""
     missing = int((table["n_seeds_with_signals"] < table["n_seeds"]).sum()) if not table.empty else 0
-    note = (f"A case fails below Dice {FAILURE_DICE}; `predict` flags likely failures by `{DEFAULT_SIGNAL}`. "
+    note = (f"A case fails below Dice {FAILURE_DICE}; `predict` flags likely failures by the signal and threshold "
+            f"each model learned from its validation cases (`{DEFAULT_SIGNAL}` > its default when it could not). "
             "AUROC of each per-case signal for failure (1: every failed case scores above every good one; "
             "0.5: chance), mean ± sd over the seeds where the set has both outcomes (seeds); failure rate: "
             "mean ± sd over seeds. `-`: no seed has that signal")
