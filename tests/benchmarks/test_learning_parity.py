@@ -15,21 +15,6 @@ import pytest
 pytest.importorskip("psutil")
 pytest.importorskip("scipy")
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-@pytest.fixture(scope="module")
-def parity():
-    """``learning_parity`` imported as the scripts import each other (``benchmarks/`` on the path)."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import learning_parity
-
-        yield learning_parity
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-
-
 def _metrics_csv(path: Path, dice: dict[str, dict[str, float]]) -> Path:
     """Our evaluator's ``metrics.csv`` layout (only the columns the benchmark reads)."""
     path.parent.mkdir(parents=True, exist_ok=True)

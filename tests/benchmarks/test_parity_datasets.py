@@ -15,21 +15,6 @@ pytest.importorskip("psutil")
 pytest.importorskip("scipy")
 Image = pytest.importorskip("PIL.Image")
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-@pytest.fixture(scope="module")
-def parity():
-    """``learning_parity`` imported as the scripts import each other (``benchmarks/`` on the path)."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import learning_parity
-
-        yield learning_parity
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-
-
 def _png(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array.astype(np.uint8)).save(path)

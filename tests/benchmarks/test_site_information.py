@@ -3,16 +3,13 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-pytest.importorskip("sklearn")
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from tests.benchmarks.conftest import import_benchmark
 
-import site_information  # noqa: E402
+pytest.importorskip("sklearn")
+site_information = import_benchmark("site_information")
 
 
 def test_centre_fit_crops_and_pads_around_the_centre():
