@@ -50,7 +50,7 @@ def method_on(sites: dict[str, str | None], **options) -> SiteAdversarial:
 
 
 def test_site_loss_reaches_the_encoder_reversed_and_scaled():
-    method = method_on({"c1": "x", "c2": "y", "c3": "y", "c4": None}, grl_lambda=0.5)
+    method = method_on({"c1": "x", "c2": "y", "c3": "y", "c4": None}, grl_lambda=0.5, site_weighting="none")
     assert method.site_index == {"x": 0, "y": 1}
     features = torch.randn(4, 6, 2, 2, requires_grad=True)
     batch = {"sites": ["x", "y", None, "y"]}
@@ -69,6 +69,20 @@ def test_site_loss_reaches_the_encoder_reversed_and_scaled():
     predicted = scores.argmax(dim=1)
     assert logs["site_accuracy"] == pytest.approx(float((predicted[[0, 1, 3]] == labels[[0, 1, 3]]).float().mean()))
     assert logs["grl_lambda"] == 0.5 and logs["site_loss"] == pytest.approx(float(plain_loss.detach()))
+
+
+def test_site_loss_is_weighted_inverse_to_the_sites_share_of_training_cases():
+    """On pooled data that is mostly one site an unweighted head learns to always answer it
+    (BUSI + STU: balanced accuracy 0.50); each site's cases weigh N / (S n_site)."""
+    sites = {f"big{i}": "big" for i in range(9)} | {"small": "small"}
+    method = method_on(sites)
+    torch.testing.assert_close(method.site_weights, torch.tensor([10 / (2 * 9), 10 / (2 * 1)]))
+    features = torch.randn(3, 6, 2, 2)
+    loss, _ = method.extra_loss({"bottleneck": features}, [], torch.zeros(3, 1, 2, 2), {"sites": ["big", "small", "big"]})
+    scores = method.head(features)
+    expected = torch.nn.functional.cross_entropy(scores, torch.tensor([0, 1, 0]), weight=method.site_weights)
+    torch.testing.assert_close(loss, expected)
+    assert not torch.allclose(loss, torch.nn.functional.cross_entropy(scores, torch.tensor([0, 1, 0])))
 
 
 def test_epoch_balanced_accuracy_is_the_mean_per_site_recall_over_the_epoch():
