@@ -140,3 +140,27 @@ def test_site_adversarial_end_to_end_logs_accuracy_and_resumes(tmp_path):
                             **FAST))
     resumed = load_checkpoint(folder / FINAL)["methods_state"]["SiteAdversarial"]["head"]
     assert any(not torch.equal(resumed[name], state["head"][name]) for name in resumed)  # trained on, not reset
+
+
+def test_auto_stage_is_the_middle_encoder_stage_and_bottleneck_stays_selectable():
+    """On pooled BUSI + STU the head on the bottleneck never told the sites apart (balanced
+    accuracy 0.50) and on encoder.3 of the same 6-stage network it reached 0.98: the default
+    reads the middle encoder stage."""
+    from medseg_auto.training.trainers.site_adversarial import middle_encoder_stage
+
+    six_stages = {f"encoder.{i}": 2 ** i for i in range(5)} | {"bottleneck": 32}
+    assert middle_encoder_stage(six_stages) == "encoder.3"
+    assert middle_encoder_stage({f"encoder.{i}": 1 for i in range(3)} | {"bottleneck": 1}) == "encoder.2"
+    assert middle_encoder_stage({"bottleneck": 6}) == "bottleneck"
+    plans = toy_plans()
+    for options, stage, channels in (({}, "encoder.3", 8), ({"site_stage": "bottleneck"}, "bottleneck", 32)):
+        method = SiteAdversarial(options)
+        method.setup(TrainingContext(plans=plans, configuration=plans.configuration("2d"), network=torch.nn.Identity(),
+                                     device=torch.device("cpu"), num_classes=3, tap_channels=six_stages,
+                                     train_case_ids=["c1", "c2"], sites={"c1": "x", "c2": "y"},
+                                     settings=TrainingSettings(num_epochs=2)))
+        assert method.feature_taps() == (stage,)
+        method.on_epoch_start(0, {})
+        loss, _ = method.extra_loss({stage: torch.randn(2, channels, 3, 3)}, [], torch.zeros(2, 1, 3, 3),
+                                    {"sites": ["x", "y"]})
+        assert torch.isfinite(loss)

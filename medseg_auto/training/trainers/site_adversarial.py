@@ -1,31 +1,42 @@
-"""``SiteAdversarial``: a site classifier on the bottleneck behind a gradient reversal layer.
+"""``SiteAdversarial``: a site classifier on an encoder stage behind a gradient reversal layer.
 
 Paper: Bevan, Atapour-Abarghouei, "Detecting Melanoma Fairly: Skin Tone Detection and Debiasing
 for Skin Lesion Classification", DART 2022 (reading notes ``NOTES_dart2022.md``, table row 1):
 a secondary "unlearning" head classifies the bias label from the shared features; gradient
 reversal (Ganin and Lempitsky's GRL, as in their LNTL and CLGR heads) multiplies its gradient by
 ``-lambda`` on the way into the feature extractor, so the head learns to tell the bias while the
-features learn to hide it. Here the bias label is the case's site (hospital/scanner) and the
-features are the U-Net bottleneck, for pooled multi-site training::
+features learn to hide it. Here the bias label is the case's site (hospital/scanner), for pooled
+multi-site training::
 
-    z = GRL_lambda(bottleneck(x))                            (B, F, *s)
-    L = L_seg + CE(h(pool(z)), site)                         h: Linear(P, H) - ReLU - Linear(H, S)
+    z = GRL_lambda(stage(x))                                 (B, F, *s)
+    L = L_seg + CE_w(h(pool(z)), site)                       h: Linear(P, H) - ReLU - Linear(H, S)
 
-``pool`` (``--site-features``), a departure from the paper, whose classifier reads its
-backbone's pooled features (batch-normalised ResNets and the like). Ours end in instance norm,
-so the global average of the bottleneck is nearly the same for every sample and a head on it
-cannot tell the sites apart (on synthetic two-site data it did not even fit its training
-patches: 0.45-0.55, against 0.80-0.92 for the covariance head;
-:mod:`~medseg_auto.training.feature_statistics`), which leaves nothing to unlearn. The
-default, ``covariance``, is second-order pooling: a learnt 1x1 projection to
-``--site-covariance-channels`` (32) channels and their covariance over space (528 values), which
-instance norm does not remove; ``gap`` is the former global average (``P = F``).
+Three departures from the paper, each because the paper's choice left the head nothing to learn
+on our networks and data (a head that cannot tell the sites gives the reversal nothing to
+unlearn):
 
-The site loss is weighted inverse to each site's share of the training cases
-(``--site-weighting balanced``; ``none`` is the paper's plain cross-entropy). Without it a head
-on pooled data that is mostly one site learns to answer that site: on BUSI (624 training cases)
-+ STU (33), 100 iterations of the unweighted head stayed at a balanced accuracy of 0.50 (always
-BUSI, plain accuracy 0.95 = the majority rate), leaving the reversal nothing to act on.
+- ``pool`` (``--site-features``): the paper's classifier reads its backbone's pooled features
+  (batch-normalised ResNets). Ours end in instance norm, so the global average of a stage is
+  nearly the same for every sample (on synthetic two-site data a head on it did not even fit
+  its training patches: 0.45-0.55, against 0.80-0.92 for the covariance head;
+  :mod:`~medseg_auto.training.feature_statistics`). The default, ``covariance``, is second-order
+  pooling: a learnt 1x1 projection to ``--site-covariance-channels`` (32) channels and their
+  covariance over space (528 values), which instance norm does not remove; ``gap`` is the
+  former global average (``P = F``).
+- the stage (``--site-stage``): the paper's shared features would be our bottleneck. On pooled
+  BUSI + STU (2d, ``plans_cpu_coarse``, 6 stages, fold 0, 100 iterations, one seed, lambda 0 so
+  that only the head learns) the covariance head on the bottleneck stayed at a balanced site
+  accuracy of 0.50 in every epoch (it always answered BUSI), weighted loss or not; on
+  ``encoder.3`` it rose 0.55, 0.80, 0.90, 0.98 over the four epochs. A logistic-regression probe
+  of three trained BUSI models agrees (``benchmarks/site_information.py``: bottleneck 0.44-0.65,
+  encoder.3 covariance 0.67-0.83). Deeper stages keep what segments and drop the style that
+  tells sites apart (MixStyle and DSU act on early and middle stages for the same reason), so
+  the default, ``auto``, is the middle encoder stage, ``encoder.<n_stages // 2>``;
+  ``bottleneck`` is selectable.
+- the loss weights (``--site-weighting``): inverse to each site's share of the training cases
+  (``balanced``, default; ``none`` is the paper's plain cross-entropy), so that on pooled data
+  that is mostly one site (BUSI 624 training cases, STU 33) the head is not rewarded for always
+  answering the big site.
 
 Our choices, not the paper's: a one-hidden-layer head (``--site-hidden 64``; ``0`` gives their
 single fully connected layer; they saw no gain from a deeper one), ``lambda = 0.1`` raised from 0
@@ -33,10 +44,10 @@ with DANN's ramp ``lambda_p = lambda (2 / (1 + exp(-10 p)) - 1)``, ``p = epoch /
 (``--grl-no-ramp`` for a constant lambda). TABE's confusion loss and LNTL's conditional entropy
 need alternating optimizer steps and are not implemented. Sites are indexed over the training
 cases' sites (sorted); cases without a site do not enter the site loss. Logged per epoch in
-``progress.csv``: ``site_loss``, ``site_accuracy`` (train batches), ``site_balanced_accuracy`` (the
-mean per-site recall over the epoch: falls toward 1 / sites as the features lose site
-information, whatever the sites' mix), ``site_majority_rate`` and ``grl_lambda``. A fold whose training cases come
-from fewer than two sites is refused: there is no site to unlearn.
+``progress.csv``: ``site_loss``, ``site_accuracy`` (train batches), ``site_balanced_accuracy``
+(the mean per-site recall over the epoch: falls toward 1 / sites as the features lose site
+information, whatever the sites' mix), ``site_majority_rate`` and ``grl_lambda``. A fold whose
+training cases come from fewer than two sites is refused: there is no site to unlearn.
 """
 
 from __future__ import annotations
@@ -56,6 +67,7 @@ from medseg_auto.utils.logging_setup import get_logger
 
 log = get_logger("training.site_adversarial")
 BOTTLENECK = "bottleneck"
+AUTO_STAGE = "auto"
 IGNORE = -100
 SITE_FEATURES = ("covariance", "gap")
 
@@ -123,9 +135,19 @@ def site_head(channels: int, n_sites: int, hidden: int, features: str = "covaria
     return SiteHead(pooling, site_classifier(pooling.out_features, n_sites, hidden))
 
 
+def middle_encoder_stage(tap_names: Sequence[str]) -> str:
+    """``encoder.<n_stages // 2>`` of a network with taps ``encoder.0 .. encoder.K`` and a
+    bottleneck (``n_stages = K + 2``): encoder.3 of a 6-stage U-Net, encoder.2 of a 4- or
+    5-stage one; the bottleneck when the network has no such encoder tap."""
+    encoders = {int(name.split(".")[1]) for name in tap_names if name.startswith("encoder.")
+                and name.split(".")[1].isdigit()}
+    index = (len(encoders) + 1) // 2
+    return f"encoder.{index}" if index in encoders else BOTTLENECK
+
+
 @register_trainer("SiteAdversarial")
 class SiteAdversarial(DomainMethod):
-    """Site classifier on the bottleneck with gradient reversal (DART 2022 unlearning head, site as bias)."""
+    """Site classifier on an encoder stage with gradient reversal (DART 2022 unlearning head, site as bias)."""
 
     min_training_sites = 2  # one site: nothing to unlearn (setup refuses such a fold)
 
@@ -140,6 +162,10 @@ class SiteAdversarial(DomainMethod):
         parser.add_argument("--site-features", choices=SITE_FEATURES, default="covariance",
                             help="what the site head reads from the bottleneck: channel covariance of a learnt "
                                  "projection (default), or the global average (nearly constant after instance norm)")
+        parser.add_argument("--site-stage", default=AUTO_STAGE, metavar="TAP",
+                            help="the stage whose features the site head reads and the reversal reaches: auto (default: "
+                                 "the middle encoder stage, encoder.<stages // 2>), bottleneck (the paper's shared "
+                                 "features) or encoder.N")
         parser.add_argument("--site-weighting", choices=("balanced", "none"), default="balanced",
                             help="site loss weights: inverse to each site's share of the training cases "
                                  "(default), or none (the paper's plain cross-entropy)")
@@ -152,6 +178,7 @@ class SiteAdversarial(DomainMethod):
         self.head: nn.Module | None = None
         self.strength = 0.0
         self.num_epochs = 1
+        self.stage = str(self.options.get("site_stage", AUTO_STAGE))
         self.site_weights: torch.Tensor | None = None  # (S,) cross-entropy weight per site
         self.seen: torch.Tensor | None = None  # (S,) labelled training samples per site this epoch
         self.correct: torch.Tensor | None = None  # (S,) of those, classified as their site
@@ -168,17 +195,20 @@ class SiteAdversarial(DomainMethod):
                                for site in sites], dtype=torch.float32)
         self.site_weights = (counts.sum() / (len(sites) * counts) if self.options.get("site_weighting", "balanced")
                              == "balanced" else torch.ones(len(sites))).to(context.device)
-        channels = context.tap_channels.get(BOTTLENECK)
+        if self.stage == AUTO_STAGE:
+            self.stage = middle_encoder_stage(context.tap_channels)
+        channels = context.tap_channels.get(self.stage)
         if channels is None:
-            raise MedsegError("SiteAdversarial needs the network's 'bottleneck' tap (a DynUNet-based network)")
+            raise MedsegError(f"SiteAdversarial needs the network's {self.stage!r} tap (a DynUNet-based network; "
+                              f"taps: {', '.join(context.tap_channels) or 'none'})")
         self.head = site_head(channels, len(sites), int(self.options["site_hidden"]), str(self.options["site_features"]),
                               int(self.options["site_covariance_channels"])).to(context.device)
         self.num_epochs = context.settings.num_epochs if context.settings is not None else 1
-        log.info("SiteAdversarial: %d sites %s, %s head on %d bottleneck channels", len(sites), sites,
-                 self.options["site_features"], channels)
+        log.info("SiteAdversarial: %d sites %s (loss weights %s), %s head on %d %s channels", len(sites), sites,
+                 [round(float(w), 3) for w in self.site_weights], self.options["site_features"], channels, self.stage)
 
     def feature_taps(self) -> Sequence[str]:
-        return (BOTTLENECK,)
+        return (self.stage,)
 
     def trainable_modules(self) -> list[nn.Module]:
         return [self.head] if self.head is not None else []
@@ -205,8 +235,8 @@ class SiteAdversarial(DomainMethod):
 
     def extra_loss(self, features: Mapping[str, torch.Tensor], logits: Sequence[torch.Tensor], target: torch.Tensor,
                    batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        with torch.autocast(features[BOTTLENECK].device.type, enabled=False):
-            scores = self.head(reverse_gradient(features[BOTTLENECK], self.strength)).float()  # (B, S)
+        with torch.autocast(features[self.stage].device.type, enabled=False):
+            scores = self.head(reverse_gradient(features[self.stage], self.strength)).float()  # (B, S)
         labels = torch.tensor([self.site_index.get(site, IGNORE) if site is not None else IGNORE
                                for site in batch["sites"]], device=scores.device)
         known = labels != IGNORE
