@@ -39,7 +39,7 @@ per-site bars and a per-case Dice-vs-Base scatter), failure_prediction.csv (per 
 how well each per-case signal, OOD score, softmax entropy, mirrored-view disagreement, predicts
 a failed case, Dice < 0.5, as AUROC; also in the .md/.html/.json), failure_flags.csv (the flag
 rule each model learns from its in-domain cases, as training does from its validation cases,
-against the fixed default, on the external sets: sensitivity, specificity; also in the .md/.json),
+against the fixed default, on the external sets: sensitivity, specificity; also in the .md/.html/.json),
 splits.json, duplicates.json,
 logs/. Each cell's test_SET/ folders hold its predictions, metrics.csv and failure_signals.csv.
 

@@ -96,25 +96,37 @@ def _paired_p(cells: pd.DataFrame) -> float:
     return float(wilcoxon(differences).pvalue)
 
 
-def flag_rule_markdown(table: pd.DataFrame) -> list[str]:
-    """The Markdown section (lines) of the flag-rule table; empty without rows."""
-    if table.empty:
-        return []
-    lines = ["", "## Which cases fail: the learned flag rule against the fixed default", "",
-             f"Per cell the rule `predict` applies (the signal with the best AUROC, flagged above the Youden-optimal "
-             f"value) is learned from the in-domain test cases and applied to each external set; the fixed default is "
-             f"`{DEFAULT_RULE.signal} > {DEFAULT_RULE.threshold}`. Sensitivity: failed cases (Dice < {FAILURE_DICE}) "
-             "flagged; specificity: good cases not flagged; balanced accuracy: their mean (0.5: flags all or none). "
-             "Means over seeds; `all`: every cell and set, paired Wilcoxon p of the balanced accuracies.", "",
-             "| arm | external set | cells | learned: sens / spec / bal. acc. | default: sens / spec / bal. acc. | "
-             "learned signals | p |", "|---|---|---:|---:|---:|---|---:|"]
+def flag_rule_note() -> str:
+    """What the flag-rule table shows (Markdown and HTML share it)."""
+    return (f"Per cell the rule `predict` applies (the signal with the best AUROC, flagged above the Youden-optimal "
+            f"value) is learned from the in-domain test cases and applied to each external set; the fixed default is "
+            f"`{DEFAULT_RULE.signal} > {DEFAULT_RULE.threshold}`. Sensitivity: failed cases (Dice < {FAILURE_DICE}) "
+            "flagged; specificity: good cases not flagged; balanced accuracy: their mean (0.5: flags all or none). "
+            "Means over seeds; `all`: every cell and set, paired Wilcoxon p of the balanced accuracies.")
+
+
+def flag_rule_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Header and text rows of the flag-rule table."""
+    header = ["arm", "external set", "cells", "learned: sens / spec / bal. acc.", "default: sens / spec / bal. acc.",
+              "learned signals", "p"]
+    rows = []
     for row in table.to_dict("records"):
         scores = {rule: " / ".join(_number(row[f"{rule}_{metric}"]) for metric in
                                    ("sensitivity", "specificity", "balanced_accuracy")) for rule in RULES}
         p = "" if math.isnan(row["wilcoxon_p"]) else f"{row['wilcoxon_p']:.2g}"
-        lines.append(f"| {row['arm']} | {row['test_set']} | {row['n_cells']} | {scores['learned']} | "
-                     f"{scores['default']} | {row['learned_signals']} | {p} |")
-    return lines
+        rows.append([str(row["arm"]), str(row["test_set"]), str(row["n_cells"]), scores["learned"], scores["default"],
+                     str(row["learned_signals"]), p])
+    return header, rows
+
+
+def flag_rule_markdown(table: pd.DataFrame) -> list[str]:
+    """The Markdown section (lines) of the flag-rule table; empty without rows."""
+    if table.empty:
+        return []
+    header, rows = flag_rule_rows(table)
+    lines = ["", "## Which cases fail: the learned flag rule against the fixed default", "", flag_rule_note(), "",
+             "| " + " | ".join(header) + " |", "|---|---|---:|---:|---:|---|---:|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
 def _number(value: float) -> str:

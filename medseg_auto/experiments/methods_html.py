@@ -29,8 +29,10 @@ ALL_SITES = "all"
 
 
 def write_leaderboard_html(path: Path, table: pd.DataFrame, per_case: pd.DataFrame, intro: Sequence[str],
-                           arms: Sequence[str], failure: pd.DataFrame | None = None) -> None:
-    """The page; ``failure``: the failure-prediction table (:mod:`.methods_failure`), shown when given."""
+                           arms: Sequence[str], failure: pd.DataFrame | None = None,
+                           flags: pd.DataFrame | None = None) -> None:
+    """The page; ``failure``: the failure-prediction table (:mod:`.methods_failure`), ``flags``: the
+    learned flag rule against the default (:mod:`.methods_flag_rules`), each shown when given."""
     parts = ["<h1>Method benchmark</h1>", "<ul>" + "".join(f"<li>{_e(line.lstrip('- '))}</li>" for line in intro)
              + "</ul>"]
     if not table.empty:
@@ -52,6 +54,12 @@ def write_leaderboard_html(path: Path, table: pd.DataFrame, per_case: pd.DataFra
         header, rows = failure_rows(failure)
         parts += ["<h2>Which cases fail: failure prediction</h2>", f"<p>{_e(failure_note(failure))}</p>",
                   _table(header, rows, highlight=BASE)]
+    if flags is not None and not flags.empty:
+        from medseg_auto.experiments.methods_flag_rules import flag_rule_note, flag_rule_rows
+
+        header, rows = flag_rule_rows(flags)
+        parts += ["<h2>Which cases fail: the learned flag rule against the fixed default</h2>",
+                  f"<p>{_e(flag_rule_note())}</p>", _table(header, rows, highlight=BASE)]
     page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>Method benchmark</title>"
             f"<style>{STYLE}</style></head><body>" + "\n".join(parts) + "</body></html>\n")
     write_text_atomic(path, page)

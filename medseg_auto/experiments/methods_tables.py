@@ -16,7 +16,7 @@ skipped in means: nnU-Net's convention).
 - ``failure_prediction.csv`` (and ``failure_prediction`` in the JSON, a section of the Markdown
   and HTML): per arm and test set, the AUROC of each per-case signal for predicting failure
   (:mod:`.methods_failure`);
-- ``failure_flags.csv`` (and ``failure_flags`` in the JSON and Markdown): the flag rule each model
+- ``failure_flags.csv`` (and ``failure_flags`` in the JSON, Markdown and HTML): the flag rule each model
   learns from its in-domain cases against the fixed default, on the external sets
   (:mod:`.methods_flag_rules`);
 - ``leaderboard.md`` and ``leaderboard.html`` (:mod:`.methods_html`).
@@ -152,7 +152,7 @@ def write_methods_results(folder: Path, cells: Sequence[tuple[Cell, Path]], arms
     markdown = markdown.rstrip("\n") + "\n" + "\n".join([*failure_markdown(failure), *flag_rule_markdown(flags)]) + "\n"
     write_text_atomic(paths["leaderboard.md"], markdown)
     write_leaderboard_html(paths["leaderboard.html"], table, per_case, markdown_intro(settings, len(rows), len(cells),
-                                                                                       failed), arms, failure)
+                                                                                       failed), arms, failure, flags)
     return paths
 
 

@@ -55,3 +55,13 @@ def test_cells_without_signals_or_external_sets_give_no_rows():
     signals["has_signals"] = False
     assert flag_rule_table(signals, ["Base"]).empty
     assert flag_rule_table(_signals().query("test_set == 'in_domain'"), ["Base"]).empty
+
+
+def test_html_page_shows_the_flag_rule_table(tmp_path):
+    from medseg_auto.experiments.methods_html import write_leaderboard_html
+
+    table = flag_rule_table(_signals(), ["Base", "Other"])
+    write_leaderboard_html(tmp_path / "leaderboard.html", pd.DataFrame(), pd.DataFrame(), ["- settings"],
+                           ["Base", "Other"], flags=table)
+    page = (tmp_path / "leaderboard.html").read_text()
+    assert "learned flag rule against the fixed default" in page and "1.00 / 1.00 / 1.00" in page
