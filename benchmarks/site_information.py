@@ -70,6 +70,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.sites[name] = Path(folder).expanduser()
     if len(args.sites) < 2:
         parser.error("give at least two --site")
+    fold_folder = args.model.expanduser() / f"fold_{args.fold}"
+    if not (args.model.expanduser() / "plans.json").is_file() or not fold_folder.is_dir():
+        parser.error(f"--model {args.model} --fold {args.fold}: no trained fold there (plans.json and {fold_folder.name}/)")
+    args.model = args.model.expanduser()
     return args
 
 

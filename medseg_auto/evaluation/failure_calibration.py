@@ -12,6 +12,7 @@ between signals nor the rule file; the AUROC itself is scikit-learn's.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Mapping
 
@@ -46,6 +47,16 @@ def youden_threshold(scores: np.ndarray, failed: np.ndarray) -> float:
     return float(values[best_index])
 
 
+def flag_rates(flagged: np.ndarray, failed: np.ndarray) -> dict[str, float]:
+    """Sensitivity (failed cases flagged), specificity (good cases not flagged) and their mean,
+    the balanced accuracy, of ``flagged (N,) bool`` against ``failed (N,) bool``; NaN where an
+    outcome is absent."""
+    sensitivity = float(flagged[failed].mean()) if failed.any() else math.nan
+    specificity = float((~flagged[~failed]).mean()) if (~failed).any() else math.nan
+    return {"sensitivity": sensitivity, "specificity": specificity,
+            "balanced_accuracy": (sensitivity + specificity) / 2}
+
+
 def calibrate(signals: pd.DataFrame, dice: Mapping[str, float], failure_dice: float = FAILURE_DICE) -> FailureRule:
     """The rule learned from ``signals`` (one row per case: ``case_id`` and signal columns) and
     the cases' foreground ``dice``; :data:`DEFAULT_RULE` (with the reason) when it cannot be."""
@@ -69,10 +80,9 @@ def calibrate(signals: pd.DataFrame, dice: Mapping[str, float], failure_dice: fl
     signal = max(usable, key=lambda name: (round(usable[name], 6), name == DEFAULT_SIGNAL))
     scores = pd.to_numeric(cases[signal]).to_numpy(dtype=float)
     threshold = youden_threshold(scores, failed)
-    flagged = scores > threshold
+    rates = flag_rates(scores > threshold, failed)
     details = {**counts, "auroc": {name: round(value, 4) for name, value in usable.items()},
-               "sensitivity": round(float(flagged[failed].mean()), 4),
-               "specificity": round(float((~flagged[~failed]).mean()), 4),
+               "sensitivity": round(rates["sensitivity"], 4), "specificity": round(rates["specificity"], 4),
                "learned_from": "the fold's validation cases (final validation)"}
     return FailureRule(signal, threshold, "calibrated", details)
 

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from medseg_auto.evaluation.failure_calibration import calibrate
+from medseg_auto.evaluation.failure_calibration import calibrate, flag_rates
 from medseg_auto.evaluation.failure_prediction import FAILURE_DICE
 from medseg_auto.experiments.methods_failure import CELL_SIGNALS, IN_DOMAIN
 from medseg_auto.inference.failure_rule import DEFAULT_RULE, FailureRule
@@ -32,12 +32,8 @@ def rule_scores(cases: pd.DataFrame, rule: FailureRule) -> dict[str, float]:
     signal columns); NaN where the rule's signal is missing or an outcome is absent."""
     if rule.signal not in cases or cases[rule.signal].isna().any():
         return {"sensitivity": math.nan, "specificity": math.nan, "balanced_accuracy": math.nan}
-    failed = cases["dice"].to_numpy(dtype=float) < FAILURE_DICE
-    flagged = cases[rule.signal].to_numpy(dtype=float) > rule.threshold
-    sensitivity = float(flagged[failed].mean()) if failed.any() else math.nan
-    specificity = float((~flagged[~failed]).mean()) if (~failed).any() else math.nan
-    return {"sensitivity": sensitivity, "specificity": specificity,
-            "balanced_accuracy": (sensitivity + specificity) / 2}
+    return flag_rates(cases[rule.signal].to_numpy(dtype=float) > rule.threshold,
+                      cases["dice"].to_numpy(dtype=float) < FAILURE_DICE)
 
 
 def per_cell_rows(signals: pd.DataFrame) -> pd.DataFrame:

@@ -36,3 +36,10 @@ def test_site_option_needs_two_existing_folders(tmp_path, capsys):
         site_information.parse_args(["--model", str(tmp_path), "--fold", "0", "--crop", "8", "8",
                                      "--site", f"a={tmp_path}"])
     assert "at least two --site" in capsys.readouterr().err
+
+
+def test_a_missing_model_is_one_line_and_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        site_information.parse_args(["--model", str(tmp_path / "nope"), "--fold", "0", "--crop", "8", "8",
+                                     "--site", f"a={tmp_path}", "--site", f"b={tmp_path}"])
+    assert stop.value.code == 2 and "no trained fold there" in capsys.readouterr().err
