@@ -184,17 +184,7 @@ def write_segmentation(segmentation: np.ndarray, geometry: ImageGeometry, path: 
         Image.fromarray(labels[0]).save(path, format=_pillow_format(ending))
         check_written_image(path)
         return
-    import SimpleITK as sitk
-
-    image = sitk.GetImageFromArray(labels[0] if geometry.dimension == 2 else labels)
-    if geometry.origin:
-        image.SetOrigin(tuple(geometry.origin))
-    if geometry.direction:
-        image.SetDirection(tuple(geometry.direction))
-    spacing_xyz = tuple(float(v) for v in reversed(geometry.spacing))
-    image.SetSpacing(spacing_xyz[:2] if geometry.dimension == 2 else spacing_xyz)
-    sitk.WriteImage(image, str(path), useCompression=True)
-    check_written_image(path)
+    _write_with_sitk(labels, geometry, path)
 
 
 def write_image(image: np.ndarray, geometry: ImageGeometry, path: str | os.PathLike) -> None:
@@ -207,9 +197,14 @@ def write_image(image: np.ndarray, geometry: ImageGeometry, path: str | os.PathL
         Image.fromarray(np.asarray(image[0])).save(path, format=_pillow_format(ending))
         check_written_image(path)
         return
+    _write_with_sitk(image, geometry, path)
+
+
+def _write_with_sitk(volume: np.ndarray, geometry: ImageGeometry, path: Path) -> None:
+    """Write a ``(Z, Y, X)`` array (``Z == 1`` for 2D) with origin, direction and spacing, then read it back."""
     import SimpleITK as sitk
 
-    sitk_image = sitk.GetImageFromArray(image[0] if geometry.dimension == 2 else image)
+    sitk_image = sitk.GetImageFromArray(volume[0] if geometry.dimension == 2 else volume)
     if geometry.origin:
         sitk_image.SetOrigin(tuple(geometry.origin))
     if geometry.direction:
