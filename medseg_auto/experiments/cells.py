@@ -185,7 +185,7 @@ def _train(data: ExperimentData, cell: Cell, options: TrainingOptions) -> Path:
         plans_name=options.plans_name, network=options.network, trainer_options=options.trainer_options,
         settings={name: value for name, value in named.items() if value is not None},
         split=(cell.train_ids, cell.val_ids), continue_training=resume, device=options.device, seed=cell.seed,
-        val_best=options.checkpoint == "best",
+        val_best=options.checkpoint == "best", show_progress=False,
     ))
 
 

@@ -119,6 +119,7 @@ def test_an_interrupted_cell_resumes_from_its_checkpoint(two_site_home, monkeypa
     (fold / BEST).unlink()
     run_data_addition(two_site_home, request, show_progress=False)
     assert len(calls) == 1 and calls[0].continue_training is True
+    assert calls[0].show_progress is False  # a cell's final validation draws no bar of its own (cells have one)
     assert calls[0].split == (_fold_split(row)["train"], _fold_split(row)["val"])
     assert (fold / FINAL).is_file() and json.loads((cell_folder / "done.json").read_text())["row"]["checkpoint"] == "final"
 
