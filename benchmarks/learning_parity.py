@@ -118,6 +118,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "(default ../shared/data), one shared coarse 2d plan (see _parity_datasets.py)")
     parser.add_argument("-c", "--configurations", nargs="+", default=["2d"], choices=plan_preprocess.CONFIGURATIONS)
     parser.add_argument("--seeds", type=int, default=3, help="runs per tool, seeds 0..K-1")
+    parser.add_argument("--only-seeds", type=int, nargs="+", default=None, metavar="S",
+                        help="train only these of the seeds 0..K-1, to share the runs between processes side by "
+                             "side (e.g. --only-seeds 0 1 in one, --only-seeds 2 in another; each run has its own "
+                             "folder); the table covers every finished run of the K seeds")
     parser.add_argument("--epochs", type=int, nargs="+", default=[10], help="epochs per run; several values: "
                         "one set of runs each (Dice against the budget)")
     parser.add_argument("--iterations", type=int, default=50, help="training iterations per epoch")
@@ -154,6 +158,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                      f"not {', '.join(unknown)}")
     if args.seeds < 1 or args.iterations < 1 or min(args.epochs) < 1:
         parser.error("--seeds, --epochs and --iterations must be positive")
+    if args.only_seeds is not None and not set(args.only_seeds) <= set(range(args.seeds)):
+        parser.error(f"--only-seeds must be among the seeds 0..{args.seeds - 1} of --seeds {args.seeds}")
     args.batch_sizes = train_throughput.parse_batch_sizes(parser, args.batch_size, args.configurations)
     return args
 
@@ -366,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for seed in range(args.seeds):
                 for tool in tools(args):  # the tools alternate, so a change of load hits both
                     folder = run_folder(layout, configuration, budget, tool, seed)
-                    if args.report_only:
+                    if not trains_seed(args, seed):
                         record = common.read_json_or_none(folder / "run.json")
                     else:
                         record = run_once(tool, layout, args, configuration, budget, seed,
@@ -383,6 +389,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n" + common.markdown_table(rows, stats.TABLE_COLUMNS))
     say(layout, f"results written to {paths['md']}")
     return 0
+
+
+def trains_seed(args: argparse.Namespace, seed: int) -> bool:
+    """Whether this process trains ``seed`` (else it only reports the seed's finished runs)."""
+    return not args.report_only and (args.only_seeds is None or seed in args.only_seeds)
 
 
 def write_report(layout: WorkLayout, args: argparse.Namespace, rows: list[dict[str, Any]],

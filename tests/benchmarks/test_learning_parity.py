@@ -140,3 +140,15 @@ def test_quick_and_help(parity, capsys):
         parity.parse_args(["--help"])
     assert exit_info.value.code == 0
     assert "examples:" in capsys.readouterr().out
+
+
+def test_only_seeds_splits_the_training_between_processes(parity):
+    args = parity.parse_args(["--seeds", "3", "--only-seeds", "2"])
+    assert [parity.trains_seed(args, seed) for seed in range(3)] == [False, False, True]
+    everything = parity.parse_args(["--seeds", "3"])
+    assert all(parity.trains_seed(everything, seed) for seed in range(3))
+    report = parity.parse_args(["--seeds", "3", "--only-seeds", "0", "--report-only"])
+    assert not any(parity.trains_seed(report, seed) for seed in range(3))
+    with pytest.raises(SystemExit) as exit_info:
+        parity.parse_args(["--seeds", "3", "--only-seeds", "3"])
+    assert exit_info.value.code == 2
