@@ -8,9 +8,10 @@ sample is replaced by its mix with a donor image from another *source site*, wit
 ``ratio ~ U(--ram-ratio-range)`` in the window ``--ram-window``.
 
 Donors (issue 13). RAM draws the donor amplitude from another source domain's training images.
-Here a mixed sample's donor is a random unaugmented patch (the configuration's patch size) of a
-random training case of a random *other* site, read from the preprocessed cache in the main
-process (one small memory-mapped read per mixed sample). Drawing donors from the batch instead
+Here a mixed sample's donor is an unaugmented random crop of a random training case of a random
+*other* site, read from the preprocessed cache in the main process (one small memory-mapped read
+per mixed sample) and resized to the patch where the image is smaller (``donor_image``: a padded
+donor brought the amplitude of the padding, not the site's style). Drawing donors from the batch instead
 (the former behaviour) mixed within the majority site almost always in pooled training with
 unbalanced sites (BUSI+STU: 780 vs 42 cases, so most batches hold BUSI only).
 
@@ -40,8 +41,8 @@ import numpy as np
 import torch
 
 from medseg_auto.errors import MedsegError
-from medseg_auto.training.data.amplitude_mixup import choose_donors, mix_low_frequency_amplitude
-from medseg_auto.training.data.patch_sampler import PatchSampler
+from medseg_auto.preprocessing.cache import PreprocessedCache
+from medseg_auto.training.data.amplitude_mixup import choose_donors, donor_image, mix_low_frequency_amplitude
 from medseg_auto.training.hooks import DomainMethod, TrainingContext
 from medseg_auto.training.registry import register_trainer
 from medseg_auto.utils.logging_setup import get_logger
@@ -79,7 +80,7 @@ class RandomAmplitudeMixup(DomainMethod):
         self.warned_single_site = False
         self.last_logs: dict[str, float] = {}
         self.last_donors: list[str] = []
-        self.donor_sampler: PatchSampler | None = None
+        self.cache: PreprocessedCache | None = None
         self.cases_by_site: dict[str | None, list[str]] = {}
 
     def setup(self, context: TrainingContext) -> None:
@@ -87,8 +88,7 @@ class RandomAmplitudeMixup(DomainMethod):
             return
         for case in context.train_case_ids:
             self.cases_by_site.setdefault(context.sites.get(case), []).append(case)
-        self.donor_sampler = PatchSampler(context.cache, list(context.train_case_ids), context.configuration.patch_size,
-                                          1, oversample_foreground_percent=0.0)
+        self.cache = context.cache
         self.rng = np.random.default_rng([int(torch.initial_seed() % 2**31), context.rank, 7])
         if len(self.cases_by_site) == 1:
             site = next(iter(self.cases_by_site))
@@ -119,7 +119,7 @@ class RandomAmplitudeMixup(DomainMethod):
 
     def transform_batch(self, batch: dict[str, Any], epoch: int) -> dict[str, Any]:
         """Replace the mixed samples of ``batch["data"]`` ``(B, C, *patch)``; the rest is untouched."""
-        if self.donor_sampler is not None:
+        if self.cache is not None:
             return self._mix_with_cache_donors(batch)
         data = batch["data"]
         size = data.shape[0]
@@ -158,8 +158,9 @@ class RandomAmplitudeMixup(DomainMethod):
         if not pairs:
             return batch
         rows = torch.tensor([i for i, _ in pairs])
-        donor_images = torch.from_numpy(np.stack([self.donor_sampler.sample_patch(donor, False, self.rng)[0]
-                                                  for _, donor in pairs])).to(data.dtype)
+        patch = data.shape[2:]
+        donor_images = torch.stack([donor_image(np.load(self.cache.data_path(donor), mmap_mode="r"), patch, self.rng)
+                                    for _, donor in pairs]).to(data.dtype)
         mixed = data.clone()
         mixed[rows] = mix_low_frequency_amplitude(data[rows], donor_images, ratios[rows], float(self.options["ram_window"]))
         return {**batch, "data": mixed}
