@@ -117,6 +117,41 @@ def per_site_rows(configuration: str, runs: Sequence[Mapping[str, Any]],
     return rows
 
 
+def equal_time_rows(configuration: str, budgets: Sequence[tuple[str, Sequence[Mapping[str, Any]]]]
+                    ) -> list[dict[str, Any]]:
+    """The issue's equal-time target: for each budget nnU-Net finished, ours at the largest budget
+    whose mean training seconds do not exceed nnU-Net's there, compared class by class as in
+    :func:`parity_rows` (labelled ``CONFIGURATION equal time: ours B vs nnU-Net B'``), with
+    :func:`time_verdict`. ``budgets``: ``(label, runs)`` per budget; no row where ours has no
+    budget that fits (run ``--epochs`` with more values to get one)."""
+    def mean_seconds(runs: Sequence[Mapping[str, Any]], tool: str) -> float:
+        return mean_sd([run["train_s"] for run in runs if run["tool"] == tool])[0]
+
+    ours = [(label, runs, mean_seconds(runs, OURS)) for label, runs in budgets
+            if any(run["tool"] == OURS for run in runs)]
+    rows = []
+    for label, runs in budgets:
+        limit = mean_seconds(runs, NNUNET)
+        fitting = [(seconds, our_label, our_runs) for our_label, our_runs, seconds in ours if seconds <= limit]
+        if math.isnan(limit) or not fitting or max(fitting, key=lambda item: item[0])[1] == label:
+            continue  # no nnU-Net run, nothing of ours fits, or the same budget (the equal-iteration row)
+        _, our_label, our_runs = max(fitting, key=lambda item: item[0])
+        paired = [run for run in runs if run["tool"] == NNUNET] + [run for run in our_runs if run["tool"] == OURS]
+        for row in parity_rows(f"{configuration} equal time: ours {our_label} vs nnU-Net {label}", paired):
+            row["verdict"] = time_verdict(row["difference"], row["wilcoxon_p"])
+            rows.append(row)
+    return rows
+
+
+def time_verdict(difference: float | None, p_value: float | None) -> str:
+    """The equal-time target: ours >= nnU-Net (no margin); ``behind (p < 0.05)`` when it is significant."""
+    if difference is None:
+        return ""
+    if difference >= 0:
+        return "ours >= nnU-Net"
+    return "behind (p < 0.05)" if p_value is not None and p_value < 0.05 else "behind"
+
+
 def _class_mean_per_case(runs: Sequence[Mapping[str, Any]], names: Sequence[str]) -> dict[str, float]:
     """Per case: the seed-averaged Dice, averaged over ``names`` (one class or all)."""
     averaged = [seed_averaged(runs, name) for name in names]

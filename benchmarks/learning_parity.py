@@ -367,6 +367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sites = dataset_sites(layout) if args.report_only else prepare(args, layout, venv, metadata)
     rows, all_runs = [], []
     for configuration in args.configurations:
+        prefix = configuration if spec.key == "hippocampus" else f"{spec.key} {configuration}"
+        budget_runs = []
         for budget in budgets(args, configuration):
             runs = []
             for seed in range(args.seeds):
@@ -379,12 +381,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           metadata["split_check"]["fold0_val_cases"])
                     if record is not None:
                         runs.append(with_dice(record))
-            label = f"{configuration} {budget.epochs}x{budget.iterations} b{budget.batch_size or 'plan'}"
-            if spec.key != "hippocampus":
-                label = f"{spec.key} {label}"
+            label = f"{prefix} {budget.epochs}x{budget.iterations} b{budget.batch_size or 'plan'}"
             rows += stats.parity_rows(label, runs) + stats.per_site_rows(label, runs, sites)
             all_runs += [(configuration, run) for run in runs]
+            budget_runs.append((f"{budget.epochs}x{budget.iterations}", runs))
             write_report(layout, args, rows, all_runs, metadata)
+        rows += stats.equal_time_rows(prefix, budget_runs)
     paths = write_report(layout, args, rows, all_runs, metadata)
     print("\n" + common.markdown_table(rows, stats.TABLE_COLUMNS))
     say(layout, f"results written to {paths['md']}")

@@ -63,6 +63,27 @@ def test_verdict_flags_a_gap_beyond_one_point_or_a_significant_loss(parity):
     assert verdict(0.03, 0.001) == "parity"
 
 
+def test_equal_time_pairs_nnunet_with_ours_largest_budget_that_fits_its_seconds(parity):
+    stats = parity.stats
+    cases = [f"case_{index}" for index in range(8)]
+
+    def runs(tool, dice, seconds):
+        return [{**_run(tool, seed, {"fg": {case: dice + 0.001 * i for i, case in enumerate(cases)}}),
+                 "train_s": seconds} for seed in range(2)]
+
+    budgets = [("10x25", runs(stats.NNUNET, 0.60, 900.0) + runs(stats.OURS, 0.62, 450.0)),
+               ("20x25", runs(stats.OURS, 0.80, 890.0)),          # ours only: fits nnU-Net's 900 s
+               ("40x25", runs(stats.OURS, 0.90, 1800.0))]         # too slow to count
+    rows = stats.equal_time_rows("3d_fullres", budgets)
+    assert {row["configuration"] for row in rows} == {"3d_fullres equal time: ours 20x25 vs nnU-Net 10x25"}
+    fg = next(row for row in rows if row["class"] == "fg")
+    assert fg["difference"] == pytest.approx(0.20) and fg["verdict"] == "ours >= nnU-Net"
+    assert fg["nnunet_train_s"] == 900.0 and fg["ours_train_s"] == 890.0
+    # ours' fitting budget is the same as nnU-Net's: the equal-iteration row says it already
+    assert stats.equal_time_rows("2d", budgets[:1]) == []
+    assert stats.time_verdict(-0.01, 0.01) == "behind (p < 0.05)" and stats.time_verdict(-0.01, 0.3) == "behind"
+
+
 def test_paired_wilcoxon_drops_nan_pairs_and_needs_two(parity):
     p_value, cases = parity.stats.paired_wilcoxon({"a": 0.5, "b": math.nan}, {"a": 0.4, "b": 0.3})
     assert cases == 1 and math.isnan(p_value)
