@@ -24,5 +24,12 @@ def format_delta(row: Mapping[str, Any] | None) -> str:
     return f"{row['diff_vs_base']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}] p={shown_p}"
 
 
+def format_control_delta(row: Mapping[str, Any]) -> str:
+    """The difference to the arm's control, as :func:`format_delta` shows the one to Base."""
+    return format_delta({"arm": row.get("arm"), "diff_vs_base": row.get("diff_vs_control"),
+                         "ci_low": row.get("control_ci_low"), "ci_high": row.get("control_ci_high"),
+                         "p_holm": row.get("control_p_holm")})
+
+
 def is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))

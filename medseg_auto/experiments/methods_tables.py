@@ -12,7 +12,11 @@ skipped in means: nnU-Net's convention).
   test set with several sites) the paired per-case difference to Base (each case's Dice
   averaged over the seeds both arms finished) with a bootstrap 95% CI, the Wilcoxon p-value and
   its Holm correction over the arms of that test set and site; ``harm``: in-domain mean Dice
-  below 95% of Base's;
+  below 95% of Base's; for an arm whose trainer declares a ``control_arm`` (the arm that isolates
+  its contribution, e.g. ExchangeableFeatureDiscrepancy -> SiteBalanced, the same batches without
+  the loss) and when that arm ran, the same paired difference to the control (``control``,
+  ``diff_vs_control``, ``control_ci_low``/``_high``, ``control_p``, ``control_p_holm`` over the
+  control comparisons of that test set and site), shown in its own Markdown section;
 - ``failure_prediction.csv`` (and ``failure_prediction`` in the JSON, a section of the Markdown
   and HTML): per arm and test set, the AUROC of each per-case signal for predicting failure
   (:mod:`.methods_failure`);
@@ -33,7 +37,7 @@ import pandas as pd
 
 from medseg_auto.evaluation.paired_stats import holm_correction, paired_difference
 from medseg_auto.experiments.cells import Cell, read_done
-from medseg_auto.experiments.methods_format import format_delta, format_dice
+from medseg_auto.experiments.methods_format import format_control_delta, format_delta, format_dice
 from medseg_auto.experiments.tables import write_csv
 from medseg_auto.utils.atomic import write_json_atomic, write_text_atomic
 
@@ -66,8 +70,26 @@ def per_case_frame(cells: Sequence[tuple[Cell, Path]]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 
 
-def leaderboard(per_case: pd.DataFrame, arms: Sequence[str]) -> pd.DataFrame:
-    """One row per arm, test set and site (see the module docstring)."""
+def control_arms(arms: Sequence[str]) -> dict[str, str]:
+    """Arm -> the arm its trainer names as ``control_arm``, for arms that are registered trainers
+    whose control is among ``arms`` (network and FDA arms have none)."""
+    from medseg_auto.training.registry import UnknownTrainerError, get_trainer
+
+    controls = {}
+    for arm in arms:
+        try:
+            control = get_trainer(arm).control_arm
+        except UnknownTrainerError:
+            continue
+        if control and control in arms and control != arm:
+            controls[arm] = control
+    return controls
+
+
+def leaderboard(per_case: pd.DataFrame, arms: Sequence[str],
+                controls: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """One row per arm, test set and site (see the module docstring); ``controls``: arm -> its
+    control arm (:func:`control_arms`)."""
     rows: list[dict[str, Any]] = []
     if per_case.empty:
         return pd.DataFrame(rows)
@@ -81,6 +103,7 @@ def leaderboard(per_case: pd.DataFrame, arms: Sequence[str]) -> pd.DataFrame:
             adjusted = holm_correction([row.get("p_value") for row in block])
             for row, p_holm in zip(block, adjusted):
                 row["p_holm"] = p_holm
+            _add_control_differences(scoped, block, controls or {})
             rows += block
     table = pd.DataFrame(rows)
     base_in_domain = table[(table["arm"] == BASE) & (table["test_set"] == IN_DOMAIN) & (table["site"] == ALL_SITES)]
@@ -110,6 +133,24 @@ def _arm_row(scoped: pd.DataFrame, arm: str, test_set: str, site: str) -> dict[s
     return row
 
 
+def _add_control_differences(scoped: pd.DataFrame, block: list[dict[str, Any]], controls: Mapping[str, str]) -> None:
+    """The paired difference of each arm of ``block`` to its control, Holm-corrected over them."""
+    compared = []
+    for row in block:
+        control = controls.get(row["arm"])
+        mine, theirs = scoped[scoped["arm"] == row["arm"]], scoped[scoped["arm"] == control]
+        seeds = sorted(set(mine["seed"]) & set(theirs["seed"])) if control else []
+        if not seeds:
+            continue
+        paired = paired_difference(_seed_mean(theirs, seeds), _seed_mean(mine, seeds))
+        row.update({"control": control, "diff_vs_control": paired["mean_difference"],
+                    "control_ci_low": paired["ci_low"], "control_ci_high": paired["ci_high"],
+                    "control_p": paired["p_value"]})
+        compared.append(row)
+    for row, p_holm in zip(compared, holm_correction([row["control_p"] for row in compared])):
+        row["control_p_holm"] = p_holm
+
+
 def _seed_mean(rows: pd.DataFrame, seeds: Sequence[int]) -> pd.Series:
     """Per-case Dice averaged over ``seeds`` (NaN-skipping), indexed by case."""
     return rows[rows["seed"].isin(seeds)].groupby("case")["dice"].mean()
@@ -134,7 +175,7 @@ def write_methods_results(folder: Path, cells: Sequence[tuple[Cell, Path]], arms
     write_csv(pd.DataFrame.from_records(rows), paths["results.csv"])
     per_case = per_case_frame(cells)
     write_csv(per_case, paths["per_case.csv"])
-    table = leaderboard(per_case, arms)
+    table = leaderboard(per_case, arms, control_arms(arms))
     write_csv(table, paths["leaderboard.csv"])
     signals = signal_frame(cells)
     failure = failure_prediction_table(signals, arms)
@@ -193,6 +234,14 @@ def leaderboard_markdown(table: pd.DataFrame, settings: Mapping[str, Any], done:
         for arm in dict.fromkeys(sited["arm"]):
             rows = {(r["test_set"], r["site"]): r for r in sited[sited["arm"] == arm].to_dict("records")}
             lines.append(f"| {arm} | " + " | ".join(format_dice(rows.get(c)) for c in columns) + " |")
+    if "diff_vs_control" in table and table["diff_vs_control"].notna().any():
+        lines += ["", "## Against each method's control", "",
+                  "The arm that isolates the method's own contribution (the trainer's `control_arm`), paired "
+                  "case by case as against Base; p Holm-corrected over these comparisons.", "",
+                  "| arm | control | test set | site | Δ vs control [95% CI] p_Holm |", "|---|---|---|---|---:|"]
+        for row in table[table["diff_vs_control"].notna()].to_dict("records"):
+            lines.append(f"| {row['arm']} | {row['control']} | {_label(row['test_set'])} | {row['site']} | "
+                         f"{format_control_delta(row)} |")
     return "\n".join(lines) + "\n"
 
 

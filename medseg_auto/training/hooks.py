@@ -40,6 +40,10 @@ attribute                          meaning
                                    all`` leaves the trainer out (a combination needs the most
                                    any of its methods needs)
 ``sampler_changes_per_epoch``      see ``make_sampler``
+``control_arm`` (str or None)      the trainer that isolates the method's own contribution (the
+                                   same sampler or augmentation without the method's loss);
+                                   ``experiment methods`` reports the paired difference to it
+                                   beside the difference to Base when both arms ran
 =================================  ============================================================
 
 What the network offers a method (the network contract; every registered network and the
@@ -222,6 +226,9 @@ class DomainMethod:
     #: Training sites the method's mechanism needs (sites to balance, unlearn or mix across);
     #: with fewer it reduces to another trainer. See the module docstring's table of declarations.
     min_training_sites: int = 1
+    #: The trainer that isolates this method's contribution (e.g. Base with the same sampler);
+    #: the method benchmark compares with it too. See the module docstring's table.
+    control_arm: str | None = None
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         self.options: dict[str, Any] = {**self.default_options(), **dict(options or {})}

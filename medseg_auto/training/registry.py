@@ -52,6 +52,12 @@ class TrainerSpec:
         """The training sites the trainer needs: the most any of its methods declares."""
         return max((method.min_training_sites for method in self.methods), default=1)
 
+    @property
+    def control_arm(self) -> str | None:
+        """The arm that isolates the trainer's contribution: its one method's declaration (None
+        for combinations, whose parts each have their own)."""
+        return self.methods[0].control_arm if len(self.methods) == 1 else None
+
     def create_methods(self, options: dict | None = None) -> list[DomainMethod]:
         """Instantiate the methods; each takes the option values it declared (others ignored)."""
         options = options or {}

@@ -42,6 +42,7 @@ log = get_logger("training.exchangeable_feature_discrepancy")
 class ExchangeableFeatureDiscrepancy(FeatureDiscrepancy):
     """Roy et al. L_fd + L_fd^exch: per-layer feature discrepancy plus the cross-site exchange term; site-balanced batches."""
 
+    control_arm = "SiteBalanced"  # the same site-balanced batches without the loss (issue 13)
     min_training_sites = 2  # one site: no cross-site partner, so FeatureDiscrepancy with within-batch pairs
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
